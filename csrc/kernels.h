@@ -1,0 +1,38 @@
+// Per-ISA distance primitives. Each translation unit kernels_<isa>.cpp is compiled with its own
+// -m flags and fills one KernelTable; dispatch.cpp hands out the table the CPU supports, so the
+// extension runs on any x86-64 (scalar fallback) and uses AVX2/AVX-512 where present.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace embedcore {
+
+struct KernelTable {
+  Isa isa;
+  // sum_i a[i] * b[i], fp32 accumulation.
+  float (*dot_f32)(const float* a, const float* b, size_t d);
+  // sum_i (a[i] - b[i])^2.
+  float (*l2sq_f32)(const float* a, const float* b, size_t d);
+  // sum_i a[i] * b[i] for signed bytes, exact int32 accumulation (d < 2^17 keeps it exact).
+  int32_t (*dot_i8)(const int8_t* a, const int8_t* b, size_t d);
+  // Number of differing bits between two packed bit strings of `nbytes` bytes.
+  uint32_t (*hamming)(const uint8_t* a, const uint8_t* b, size_t nbytes);
+};
+
+const KernelTable& scalar_kernels();
+#ifdef EMBEDCORE_HAVE_AVX2
+const KernelTable& avx2_kernels();
+#endif
+#ifdef EMBEDCORE_HAVE_AVX512
+const KernelTable& avx512_kernels();
+#endif
+
+// The table in use: the best supported ISA, or the one forced by set_active_isa / EMBEDCORE_CPU_ISA.
+const KernelTable& active_kernels();
+// Forces an ISA (tests, benchmarks). Returns false when the CPU or the build lacks it.
+bool set_active_isa(Isa isa);
+
+}  // namespace embedcore

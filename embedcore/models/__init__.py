@@ -1,0 +1,1 @@
+"""Embedder (drop-in ``encode``), model loading and patching (``bidirectional``, ``accelerate``)."""

@@ -1,0 +1,41 @@
+"""Test configuration shared by every test file.
+
+Triton kernels run on the CPU through Triton's interpreter when no CUDA device exists. The variable
+must be set before triton is first imported, and without initialising CUDA here: the driver library
+is probed through torch only when torch is already importable, never on a GPU at import time of a
+test module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+
+def _cuda_present() -> bool:
+    # nvidia-smi (or /dev/nvidia0) is a cheap, side-effect-free hint that a GPU exists; without it
+    # torch.cuda would still be asked later, inside tests marked `cuda`.
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+
+
+if not _cuda_present():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.get_closest_marker("cuda") for item in items):
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs a CUDA device")
+            for item in items:
+                if item.get_closest_marker("cuda"):
+                    item.add_marker(skip)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
