@@ -1,0 +1,304 @@
+"""ec.pool / ec.pool_varlen: the reference against sentence-transformers' Pooling, Normalize and
+quantize_embeddings and against a float64 loop written from the definitions; the Triton kernels
+(interpreted on the CPU) against the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sentence_transformers.base.modules.normalize import Normalize
+from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+from sentence_transformers.util.quantization import quantize_embeddings
+
+import embedcore as ec
+from embedcore.ops.pooling import MODES
+
+from helpers import assert_close
+
+ST_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+FLOAT_PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+def _lengths_mask(lengths: list[int], T: int, side: str) -> torch.Tensor:
+    m = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if side == "right":
+            m[i, :n] = 1
+        else:
+            m[i, T - n:] = 1
+    return m
+
+
+def _batch(B: int, T: int, H: int, side: str, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g).to(dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=g).tolist()
+    lengths[0] = T  # one full row, and a length-1 row when there is room
+    if B > 1:
+        lengths[1] = 1
+    return hidden, _lengths_mask(lengths, T, side)
+
+
+def _loop_pool(hidden, attention, pooled, modes) -> np.ndarray:
+    """float64 pooling written from the definitions, one row and one token at a time."""
+    x = hidden.double().numpy()
+    att = attention.bool().numpy()
+    pm = pooled.bool().numpy()
+    B, T, H = x.shape
+    out = np.zeros((B, len(modes) * H))
+    for b in range(B):
+        idx = [t for t in range(T) if pm[b, t]]
+        first_real = min(t for t in range(T) if att[b, t])
+        for j, mode in enumerate(modes):
+            if not idx:
+                continue  # documented: a row that pools nothing is a zero vector
+            rows = x[b, idx]
+            if mode == "cls":
+                v = x[b, idx[0]]
+            elif mode == "lasttoken":
+                v = x[b, idx[-1]]
+            elif mode == "max":
+                v = rows.max(0)
+            elif mode == "mean":
+                v = rows.mean(0)
+            elif mode == "mean_sqrt_len_tokens":
+                v = rows.sum(0) / np.sqrt(len(idx))
+            else:
+                w = np.array([t + 1 - (first_real if mode == "weightedmean" else 0) for t in idx], float)
+                v = (rows * w[:, None]).sum(0) / w.sum()
+            out[b, j * H:(j + 1) * H] = v
+    return out
+
+
+def _st_pool(hidden, mask, mode, prompt_length=None) -> torch.Tensor:
+    features = {"token_embeddings": hidden, "attention_mask": mask}
+    include_prompt = prompt_length is None
+    if not include_prompt:
+        features["prompt_length"] = prompt_length
+    return Pooling(hidden.shape[-1], pooling_mode=mode, include_prompt=include_prompt)(features)[
+        "sentence_embedding"
+    ]
+
+
+def _st_prompt_mask(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """The pool mask of sentence-transformers' include_prompt=False (its own helper)."""
+    return Pooling._exclude_prompt_from_mask(mask, prompt_length)
+
+
+def assert_codes_match(got, expected_float, precision, ranges, atol) -> None:
+    """int8/uint8 codes equal the codes of ``expected_float`` except by exactly 1 where the float lies
+    within ``atol`` of the edge between the two buckets; binary bits may flip only within ``atol`` of 0;
+    everything else exactly equal."""
+    got = np.asarray(got)
+    e = np.asarray(expected_float, dtype=np.float32)
+    expected = quantize_embeddings(e, precision, ranges=ranges)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    if precision in ("binary", "ubinary"):
+        gb = np.unpackbits(got.view(np.uint8) ^ (128 if precision == "binary" else 0), axis=-1)
+        eb = np.unpackbits(expected.view(np.uint8) ^ (128 if precision == "binary" else 0), axis=-1)
+        gb, eb = gb[:, : e.shape[1]], eb[:, : e.shape[1]]
+        diff = gb != eb
+        assert np.all(np.abs(e[diff]) <= atol), f"sign bits differ away from 0: {e[diff][:5]}"
+        return
+    g64, e64 = got.astype(np.int64), expected.astype(np.int64)
+    diff = g64 != e64
+    if not diff.any():
+        return
+    assert np.all(np.abs(g64 - e64)[diff] == 1), "codes differ by more than 1"
+    starts = ranges[0].astype(np.float32)
+    steps = (ranges[1] - starts) / np.float32(255)
+    steps = np.where(steps == 0, 1, steps)
+    offset = 128 if precision == "int8" else 0
+    edge = np.maximum(g64, e64)[diff] + offset  # the bucket boundary between the two codes
+    cols = np.nonzero(diff)[1]
+    edge_value = starts[cols].astype(np.float64) + edge * steps[cols].astype(np.float64)
+    dist = np.abs(e[diff].astype(np.float64) - edge_value)
+    assert np.all(dist <= atol), f"codes differ by 1 away from a bucket edge (distance {dist.max():.3e})"
+
+
+# ---------------------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("mode", [*ST_MODES, ("cls", "mean", "max"), ("lasttoken", "weightedmean")])
+def test_reference_matches_sentence_transformers(side, mode):
+    hidden, mask = _batch(6, 9, 24, side, seed=1)
+    expected = _st_pool(hidden, mask, mode)
+    got = ec.pool(hidden, mask, mode)
+    assert got.dtype == torch.float32
+    assert_close(got, expected, atol=1e-5, name=f"{mode}/{side}")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_reference_prompt_exclusion_matches_sentence_transformers(side, mode):
+    hidden, mask = _batch(5, 10, 16, side, seed=2)
+    mask[:, :] = 0
+    lengths = [10, 4, 7, 9, 6]
+    mask = _lengths_mask(lengths, 10, side)
+    prompt_length = 3
+    expected = _st_pool(hidden, mask, mode, prompt_length=prompt_length)
+    pool_mask = _st_prompt_mask(mask, prompt_length)
+    got = ec.pool(hidden, mask, mode, pool_mask=pool_mask)
+    assert_close(got, expected, atol=1e-5, name=f"{mode}/{side}/prompt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_reference_half_inputs_accumulate_in_fp32(dtype, mode):
+    hidden, mask = _batch(4, 12, 40, "left", seed=3, dtype=dtype)
+    # sentence-transformers on the exactly widened input is the fp32 answer for these tokens.
+    expected = _st_pool(hidden.float(), mask, mode)
+    assert_close(ec.pool(hidden, mask, mode), expected, atol=1e-5, name=f"{mode}/{dtype}")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_reference_matches_float64_loop_with_pool_mask(side):
+    hidden, mask = _batch(7, 11, 10, side, seed=4)
+    g = torch.Generator().manual_seed(5)
+    pool_mask = (torch.rand(7, 11, generator=g) > 0.3).long()
+    pool_mask[2] = 0  # a row that pools nothing
+    pooled = mask.bool() & pool_mask.bool()
+    got = ec.pool(hidden, mask, MODES, pool_mask=pool_mask)
+    assert_close(got, _loop_pool(hidden, mask, pooled, MODES), atol=1e-5, name=side)
+    assert torch.all(got[2] == 0)
+
+
+def test_weightedmean_variants():
+    hidden, right = _batch(4, 8, 6, "right", seed=6)
+    left = torch.flip(right, [1])
+    hidden_left = torch.zeros_like(hidden)
+    for b in range(4):  # the same tokens, moved to the right end of the row
+        n = int(right[b].sum())
+        hidden_left[b, 8 - n:] = hidden[b, :n]
+    rel_r = ec.pool(hidden, right, "weightedmean")
+    rel_l = ec.pool(hidden_left, left, "weightedmean")
+    assert_close(rel_l, rel_r, atol=1e-6, name="SGPT weights ignore the padding side")
+    assert_close(ec.pool(hidden, right, "weightedmean_absolute"), rel_r, atol=1e-6, name="right padding")
+    abs_l = ec.pool(hidden_left, left, "weightedmean_absolute")
+    short = [b for b in range(4) if int(right[b].sum()) < 8]
+    assert short and not torch.allclose(abs_l[short], rel_r[short], atol=1e-3)
+    expected = _loop_pool(hidden_left, left, left, ("weightedmean_absolute",))
+    assert_close(abs_l, expected, atol=1e-5, name="abs")
+
+
+@pytest.mark.parametrize("td", [None, 5, 17])
+@pytest.mark.parametrize("renorm", [False, True])
+def test_reference_chain_matches_sentence_transformers(td, renorm):
+    hidden, mask = _batch(5, 6, 32, "right", seed=7)
+    features = Pooling(32, pooling_mode="mean")({"token_embeddings": hidden, "attention_mask": mask})
+    expected = Normalize()(features)["sentence_embedding"]
+    if td is not None:
+        expected = expected[:, :td]
+    if renorm:
+        expected = F.normalize(expected, p=2, dim=-1)
+    got = ec.pool(hidden, mask, normalize=True, truncate_dim=td, normalize_after_truncate=renorm)
+    assert_close(got, expected, atol=1e-5, name="chain")
+    if renorm or td is None:
+        assert_close(got.norm(dim=1), np.ones(5), atol=1e-5, name="unit norm")
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_reference_quantized_matches_sentence_transformers(precision):
+    hidden, mask = _batch(16, 7, 48, "left", seed=8)
+    chain = F.normalize(_st_pool(hidden, mask, ("mean", "max")), dim=-1)[:, :60]
+    ranges = ec.quantization_ranges(chain[:8])  # calibrated on half: the rest clip at the ends
+    got = ec.pool(hidden, mask, ("mean", "max"), normalize=True, truncate_dim=60, precision=precision,
+                  ranges=ranges)
+    assert_codes_match(got.numpy(), chain.numpy(), precision, ranges.numpy(), atol=1e-6)
+    # Without ranges (int8/uint8): sentence-transformers' rule, the ranges of these embeddings.
+    emb = ec.pool(hidden, mask, ("mean", "max"), normalize=True, truncate_dim=60)
+    got_self = ec.pool(hidden, mask, ("mean", "max"), normalize=True, truncate_dim=60, precision=precision)
+    assert torch.equal(got_self, ec.quantize(emb, precision))
+
+
+@pytest.mark.parametrize("precision", FLOAT_PRECISIONS)
+def test_reference_float_precisions(precision):
+    hidden, mask = _batch(3, 5, 8, "right", seed=9)
+    got = ec.pool(hidden, mask, "mean", precision=precision)
+    assert got.dtype == getattr(torch, precision)
+    assert torch.equal(got, ec.pool(hidden, mask, "mean").to(got.dtype))
+
+
+def test_varlen_reference_matches_padded_and_sentence_transformers():
+    hidden, mask = _batch(5, 9, 12, "right", seed=10)
+    lengths = mask.sum(1)
+    cu = torch.zeros(6, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    packed = hidden[mask.bool()]
+    for mode in MODES:
+        padded = ec.pool(hidden, mask, mode)
+        assert_close(ec.pool_varlen(packed, cu, int(lengths.max()), mode), padded, atol=1e-6, name=mode)
+    for mode in ST_MODES:  # sentence-transformers' own flattened (FA2 unpadded) path
+        features = {"token_embeddings": packed.unsqueeze(0), "cu_seq_lens_q": cu}
+        expected = Pooling(12, pooling_mode=mode)(features)["sentence_embedding"]
+        assert_close(ec.pool_varlen(packed, cu, 9, mode), expected, atol=1e-5, name=f"st-flat {mode}")
+    pm = (torch.arange(packed.shape[0]) % 3 != 0).long()
+    pm_padded = torch.zeros_like(mask)
+    pm_padded[mask.bool()] = pm
+    expected = ec.pool(hidden, mask, MODES, pool_mask=pm_padded)
+    got = ec.pool_varlen(packed, cu, 9, MODES, pool_mask=pm)
+    assert_close(got, expected, atol=1e-6, name="varlen pool_mask")
+
+
+def test_reference_edge_shapes():
+    # B = 1, T = 1, H = 1; an empty batch keeps its output shape and dtype.
+    x = torch.randn(1, 1, 1)
+    for mode in MODES:
+        assert_close(ec.pool(x, torch.ones(1, 1), mode), x[:, 0], atol=1e-6, name=mode)
+    empty = ec.pool(torch.zeros(0, 4, 10), torch.zeros(0, 4), ("mean", "cls"), precision="binary")
+    assert empty.shape == (0, 3) and empty.dtype == torch.int8
+    assert ec.pool(torch.zeros(0, 4, 10), None, precision="int8").shape == (0, 10)
+    # No attention mask: every token is real.
+    h, _ = _batch(2, 3, 4, "right")
+    assert_close(ec.pool(h, None), h.mean(1), atol=1e-6, name="no mask")
+
+
+def test_bad_input():
+    hidden, mask = _batch(3, 4, 8, "right")
+    with pytest.raises(ValueError, match=r"Invalid pooling mode 'avg'; valid: \('cls'"):
+        ec.pool(hidden, mask, "avg")
+    with pytest.raises(ValueError, match="twice"):
+        ec.pool(hidden, mask, ("mean", "mean"))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(3, 4\)"):
+        ec.pool(hidden, mask[:, :3])
+    with pytest.raises(ValueError, match=r"pool_mask must have shape \(3, 4\)"):
+        ec.pool(hidden, mask, pool_mask=mask[:2])
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        ec.pool(hidden, mask * 2)
+    with pytest.raises(TypeError, match="attention_mask must be a torch tensor"):
+        ec.pool(hidden, mask.numpy())
+    for td in (0, 9, -1):
+        with pytest.raises(ValueError, match=r"truncate_dim must be in \[1, 8\]"):
+            ec.pool(hidden, mask, truncate_dim=td)
+    with pytest.raises(ValueError, match=r"truncate_dim must be in \[1, 16\]"):
+        ec.pool(hidden, mask, ("mean", "max"), truncate_dim=17)
+    with pytest.raises(TypeError, match="truncate_dim must be an int"):
+        ec.pool(hidden, mask, truncate_dim=4.0)
+    with pytest.raises(ValueError, match=r"ranges must have shape \(2, 5\)"):
+        ec.pool(hidden, mask, truncate_dim=5, precision="int8", ranges=torch.zeros(2, 8))
+    zero_row = mask.clone()
+    zero_row[1] = 0
+    with pytest.raises(ValueError, match="attention_mask row 1 has no real token"):
+        ec.pool(hidden, zero_row)
+    with pytest.raises(TypeError, match="hidden must be float32, float16 or bfloat16"):
+        ec.pool(hidden.to(torch.int32), mask)
+    with pytest.raises(ValueError, match=r"hidden must be \(B, T, H\)"):
+        ec.pool(hidden[0], mask)
+    with pytest.raises(ValueError, match="Invalid precision"):
+        ec.pool(hidden, mask, precision="int4")
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        ec.pool(hidden, mask, normalize=1)
+    with pytest.raises(ValueError, match="single embedding"):
+        ec.pool(hidden[:1], mask[:1], precision="int8")
+    packed = hidden[0]
+    with pytest.raises(ValueError, match="sequence 1 has length 0"):
+        ec.pool_varlen(packed, torch.tensor([0, 2, 2, 4], dtype=torch.int32), 4)
+    with pytest.raises(ValueError, match="end at total_tokens = 4"):
+        ec.pool_varlen(packed, torch.tensor([0, 2, 3], dtype=torch.int32), 4)
+    with pytest.raises(ValueError, match="max_seqlen = 1 is below"):
+        ec.pool_varlen(packed, torch.tensor([0, 2, 4], dtype=torch.int32), 1)
+    with pytest.raises(TypeError, match="cu_seqlens must be int32"):
+        ec.pool_varlen(packed, torch.tensor([0.0, 4.0]), 4)
