@@ -1,0 +1,259 @@
+"""Exact top-k search: fused score + top-k over float, int8 and packed-binary corpora.
+
+``search(queries, corpus, k=10, metric="cos", *, ranges=None)`` returns ``(scores, indices)``, each
+``(nq, k)``, best first, ties broken toward the lower corpus index. The input formats:
+
+=====================  ===================  ================  =================================
+queries                corpus               metrics           scores
+=====================  ===================  ================  =================================
+float                  float32/16/bf16      dot, cos, l2      float32
+float                  int8 + ``ranges``    dot, cos, l2      float32 (dequantised corpus)
+int8                   int8                 dot, l2           int32 (exact)
+int8                   int8                 cos               float32
+uint8 (ubinary)        uint8                hamming           int32 distances
+int8 (binary)          int8                 hamming           int32 distances
+=====================  ===================  ================  =================================
+
+``dot``/``cos`` rank large scores first; ``l2`` (squared distance) and ``hamming`` small ones first.
+``cos`` divides by the norms clamped at 1e-12 (``torch.nn.functional.normalize``), so a zero vector
+scores 0. Asymmetric int8 scores the vectors :func:`_dequantize` gives back: the lower edge of each
+code's bucket, exactly as ``embedcore.ops.quantize.dequantize``. ``binary`` codes are
+sentence-transformers' ``ubinary - 128``: the shift is undone before counting bits.
+
+numpy arrays and CPU tensors run in ``embedcore._C`` (GIL released); CUDA tensors in
+``embedcore._cuda`` or, without it, in PyTorch. Outputs are numpy for numpy queries and tensors on the
+queries' device for tensor queries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from embedcore._arrays import check_array, is_tensor
+
+Metric = Literal["dot", "cos", "l2", "hamming"]
+METRICS = ("dot", "cos", "l2", "hamming")
+# Metrics whose best score is the smallest.
+_ASCENDING = ("l2", "hamming")
+# Largest corpus the int64 index / key packing supports.
+MAX_CORPUS = 2**31 - 1
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+_NORM_EPS = 1e-12
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _check_k(k: Any, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the corpus size), got {k}")
+    return int(k)
+
+
+def _kind(qname: str, cname: str, metric: str, has_ranges: bool) -> str:
+    """Which format pair the inputs form: ``float``, ``int8_asym``, ``int8`` or ``hamming``."""
+    if metric == "hamming":
+        if has_ranges:
+            raise ValueError("ranges is only for float queries against an int8 corpus, not for hamming")
+        if cname not in ("uint8", "int8") or qname != cname:
+            raise TypeError(
+                "hamming needs packed bits of one dtype for queries and corpus: uint8 (ubinary) or "
+                f"int8 (binary); got queries {qname}, corpus {cname}"
+            )
+        return "hamming"
+    if cname in _FLOAT_NAMES:
+        if qname not in _FLOAT_NAMES:
+            raise TypeError(f"queries must be float for a {cname} corpus, got {qname}")
+        if has_ranges:
+            raise ValueError("ranges is only for an int8 corpus; this corpus is " + cname)
+        return "float"
+    if cname == "int8":
+        if qname in _FLOAT_NAMES:
+            if not has_ranges:
+                raise ValueError(
+                    "float queries against an int8 corpus need ranges=(2, dim) min/max rows (the "
+                    "calibration ranges the codes were made with); or pass int8 queries"
+                )
+            return "int8_asym"
+        if qname == "int8":
+            if has_ranges:
+                raise ValueError("ranges is only for float queries; int8 queries score the codes directly")
+            return "int8"
+        raise TypeError(f"queries must be float or int8 for an int8 corpus, got {qname}")
+    raise TypeError(
+        f"corpus has unsupported dtype {cname}; valid: float32, float16, bfloat16, int8, "
+        "or uint8 with metric='hamming'"
+    )
+
+
+def _score_dtype(kind: str, metric: str) -> Any:
+    if kind == "hamming" or (kind == "int8" and metric != "cos"):
+        return np.int32
+    return np.float32
+
+
+def _int8_affine(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(offset, scale)`` float64 (dim,): a code ``c`` stands for ``offset + scale * c``.
+
+    The formula of ``embedcore.ops.quantize.dequantize`` (sentence-transformers' buckets): the
+    float32 step ``(max - min) / 255`` (a zero step becomes 1) and ``value = (c + 128) * step + min``.
+    """
+    r = ranges.astype(np.float32)
+    steps = (r[1] - r[0]) / np.float32(255)
+    steps = np.where(steps == 0, np.float32(1), steps).astype(np.float64)
+    starts = r[0].astype(np.float64)
+    return starts + 128.0 * steps, steps
+
+
+def _dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """The float32 vectors int8 ``codes`` (N, dim) stand for under ``ranges`` (2, dim)."""
+    offset, scale = _int8_affine(ranges)
+    return (codes.astype(np.float64) * scale + offset).astype(np.float32)
+
+
+def _check_ranges(ranges: Any, dim: int) -> np.ndarray:
+    check_array(ranges, "ranges")
+    r = _to_numpy(ranges, "ranges")
+    if r.dtype.kind != "f":
+        raise TypeError(f"ranges must hold floats, got {r.dtype}")
+    if r.ndim != 2 or r.shape != (2, dim):
+        raise ValueError(f"ranges must have shape (2, {dim}) (min row, max row), got {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("ranges contains NaN or infinity")
+    if (r[0] > r[1]).any():
+        raise ValueError("ranges[0] (minimum) exceeds ranges[1] (maximum) in some dimension")
+    return r.astype(np.float32)
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """A C-contiguous numpy array holding ``x``; bfloat16 tensors become float32 (exact)."""
+    if is_tensor(x):
+        import torch
+
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return np.ascontiguousarray(t.contiguous().numpy())
+    return np.ascontiguousarray(x)
+
+
+def search_reference(
+    queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cos", ranges: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """numpy reference: the full score matrix in float64 (int64 for integer metrics), then a stable
+    sort, so equal scores keep ascending index order.
+
+    Args:
+        queries: (nq, dim) numpy array (float, int8 or uint8; see the module table).
+        corpus: (N, dim) numpy array; bfloat16 passed as float32.
+        k: 1 <= k <= N.
+        metric: one of :data:`METRICS`.
+        ranges: (2, dim) float32 for float queries against an int8 corpus.
+
+    Returns:
+        (scores, indices): (nq, k) float32/int32 and int64, best first.
+    """
+    kind = _kind(queries.dtype.name, corpus.dtype.name, metric, ranges is not None)
+    if kind == "hamming":
+        q = queries.view(np.uint8)
+        c = corpus.view(np.uint8)  # binary = ubinary - 128: both sides shifted alike, bits differ alike
+        table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
+        scores = np.stack([table[np.bitwise_xor(c, row)].sum(1, dtype=np.int64) for row in q]).reshape(
+            len(q), len(c)
+        )
+    else:
+        if kind == "int8":
+            q, c = queries.astype(np.int64), corpus.astype(np.int64)
+        elif kind == "int8_asym":
+            q, c = queries.astype(np.float64), _dequantize(corpus, ranges).astype(np.float64)
+        else:
+            q, c = queries.astype(np.float64), corpus.astype(np.float64)
+        if metric == "l2":
+            scores = (q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (q @ c.T)
+        else:
+            scores = q @ c.T
+            if metric == "cos":
+                qn = np.maximum(np.sqrt((q * q).sum(1, dtype=np.float64)), _NORM_EPS)
+                cn = np.maximum(np.sqrt((c * c).sum(1, dtype=np.float64)), _NORM_EPS)
+                scores = scores / qn[:, None] / cn[None, :]
+    keys = scores if metric in _ASCENDING else -scores
+    order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(scores, order, axis=1).astype(_score_dtype(kind, metric))
+    return top, order.astype(np.int64)
+
+
+def search(
+    queries: Any, corpus: Any, k: int = 10, metric: Metric = "cos", *, ranges: Any = None
+) -> tuple[Any, Any]:
+    """Exact top-k search of ``queries`` in ``corpus``.
+
+    Args:
+        queries: (nq, dim) or (dim,) numpy array or torch tensor: float (float32/float16/bfloat16/
+            float64), int8 codes, or packed bits (uint8 ubinary / int8 binary) for ``hamming``.
+        corpus: (N, dim) of a dtype that pairs with the queries (see the module table); on the same
+            device as the queries. 1 <= N <= 2**31 - 1.
+        k: number of results per query, 1 <= k <= N.
+        metric: ``dot``, ``cos``, ``l2`` (squared distance) or ``hamming`` (packed bits).
+        ranges: (2, dim) float min/max rows per dimension, for float queries against an int8
+            corpus (sentence-transformers' int8 calibration ranges).
+
+    Returns:
+        (scores, indices): (nq, k) (or (k,) for 1-D queries), best first, ties toward the lower
+        index. scores are float32 (int32 for int8 ``dot``/``l2`` and ``hamming``); indices int64.
+        numpy queries give numpy outputs; tensor queries give tensors on their device.
+
+    Raises:
+        TypeError: inputs that are not arrays/tensors, unsupported dtypes or dtype pairs.
+        ValueError: unknown metric, dim mismatch, empty corpus, k out of range, NaN/inf, mixed
+            devices, malformed ranges.
+    """
+    check_array(queries, "queries")
+    check_array(corpus, "corpus")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"Invalid metric {metric!r}; valid: {METRICS}")
+    single = queries.ndim == 1
+    if queries.ndim not in (1, 2):
+        raise ValueError(f"queries must be 2-D (nq, dim) or 1-D (dim,), got shape {tuple(queries.shape)}")
+    if corpus.ndim != 2:
+        raise ValueError(f"corpus must be 2-D (N, dim), got shape {tuple(corpus.shape)}")
+    dim = int(queries.shape[-1])
+    if int(corpus.shape[1]) != dim:
+        raise ValueError(f"corpus has dim {int(corpus.shape[1])}, queries have dim {dim}")
+    n = int(corpus.shape[0])
+    if n == 0:
+        raise ValueError("corpus is empty (N = 0)")
+    if n > MAX_CORPUS:
+        raise ValueError(f"corpus has {n} rows; at most {MAX_CORPUS} are supported")
+    if dim == 0:
+        raise ValueError("queries and corpus have dim 0")
+    k = _check_k(k, n)
+    kind = _kind(_dtype_name(queries), _dtype_name(corpus), metric, ranges is not None)
+    q_dev = queries.device.type if is_tensor(queries) else "cpu"
+    c_dev = corpus.device.type if is_tensor(corpus) else "cpu"
+    if q_dev != c_dev:
+        raise ValueError(f"queries are on {q_dev}, corpus is on {c_dev}; put both on one device")
+    r = _check_ranges(ranges, dim) if kind == "int8_asym" else None
+
+    q2 = queries.reshape(1, dim) if single else queries
+    q = _to_numpy(q2, "queries")
+    if kind in ("float", "int8_asym") and not np.isfinite(q).all():
+        raise ValueError("queries contains NaN or infinity")
+    c = _to_numpy(corpus, "corpus")
+    if c.dtype.kind == "f" and not np.isfinite(c).all():
+        raise ValueError("corpus contains NaN or infinity")
+    scores, indices = search_reference(q, c, k, metric, r)
+    if is_tensor(queries):
+        import torch
+
+        scores = torch.from_numpy(scores).to(queries.device)
+        indices = torch.from_numpy(indices).to(queries.device)
+    if single:
+        return scores[0], indices[0]
+    return scores, indices

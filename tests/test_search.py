@@ -1,0 +1,242 @@
+"""ec.search against a numpy brute force: every format and metric, heavy ties, odd dims, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import embedcore as ec
+from embedcore.ops.search import _dequantize, search_reference
+
+N = 1500
+NQ = [1, 7, 64]
+KS = [1, 10, 1000, N]
+
+
+def _full_scores(q: np.ndarray, c: np.ndarray, metric: str) -> np.ndarray:
+    """(nq, N) float64 scores of float inputs, the ground truth the float checks compare with."""
+    q = q.astype(np.float64)
+    c = c.astype(np.float64)
+    if metric == "l2":
+        return ((q[:, None, :] - c[None]) ** 2).sum(-1)
+    s = q @ c.T
+    if metric == "cos":
+        s /= np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
+        s /= np.maximum(np.linalg.norm(c, axis=1), 1e-12)[None, :]
+    return s
+
+
+def assert_float_topk(scores, indices, full: np.ndarray, k: int, ascending: bool, tol: float) -> None:
+    """Exact top-k up to float rounding.
+
+    Scores must equal the reference scores of the returned indices within ``tol``; the index set may
+    differ from the reference only among candidates within ``tol`` of the k-th score; the order must
+    be best first with exactly tied candidates (equal reference scores) in ascending index order.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    indices = np.asarray(indices)
+    nq = full.shape[0]
+    assert scores.shape == indices.shape == (nq, k)
+    assert indices.dtype == np.int64
+    sign = 1.0 if ascending else -1.0
+    ref_sorted = np.sort(sign * full, axis=1)[:, :k] * sign
+    for i in range(nq):
+        idx = indices[i]
+        assert len(np.unique(idx)) == k, f"query {i}: repeated indices"
+        assert ((idx >= 0) & (idx < full.shape[1])).all()
+        got = full[i, idx]
+        np.testing.assert_allclose(scores[i], got, atol=tol, rtol=0, err_msg=f"query {i}: score != ref")
+        np.testing.assert_allclose(scores[i], ref_sorted[i], atol=tol, rtol=0,
+                                   err_msg=f"query {i}: sorted scores != ref")
+        kth = ref_sorted[i, -1]
+        # Every clearly-better candidate must be in the result; every result must be good enough.
+        must = np.nonzero(sign * full[i] < sign * kth - tol)[0]
+        assert np.isin(must, idx).all(), f"query {i}: missing {np.setdiff1d(must, idx)[:5]}"
+        assert (sign * got <= sign * kth + tol).all(), f"query {i}: result worse than the k-th score"
+        # Sorted best first; exactly tied candidates in ascending index order.
+        assert (np.diff(sign * scores[i]) >= 0).all(), f"query {i}: not sorted"
+        tie = np.diff(got) == 0
+        assert (np.diff(idx)[tie] > 0).all(), f"query {i}: tie rule violated"
+
+
+def _float_tol(q: np.ndarray, c: np.ndarray, metric: str) -> float:
+    q = q.astype(np.float64)
+    c = c.astype(np.float64)
+    d = q.shape[1]
+    if metric == "cos":
+        scale = 1.0
+    elif metric == "l2":
+        scale = (np.abs(q).max() + np.abs(c).max()) ** 2 * d
+    else:
+        scale = np.linalg.norm(q, axis=1).max() * np.linalg.norm(c, axis=1).max()
+    return 1e-6 * scale * np.sqrt(d) + 1e-7
+
+
+def _data(rng, shape, levels):
+    if levels is None:
+        return rng.standard_normal(shape).astype(np.float32)
+    return (rng.integers(0, levels, size=shape) / levels - 0.5).astype(np.float32)
+
+
+FLOAT_CASES = [  # (corpus dtype, metric)
+    ("float32", "dot"), ("float32", "cos"), ("float32", "l2"),
+    ("float16", "dot"), ("bfloat16", "cos"), ("float16", "l2"), ("bfloat16", "dot"),
+]
+
+
+@pytest.mark.parametrize("dtype,metric", FLOAT_CASES)
+@pytest.mark.parametrize("nq,d", [(1, 37), (7, 100), (64, 385)])
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("levels", [None, 4])
+def test_float_search(rng, dtype, metric, nq, d, k, levels):
+    q = _data(rng, (nq, d), levels)
+    c = torch.from_numpy(_data(rng, (N, d), levels)).to(getattr(torch, dtype))
+    c_exact = c.float().numpy()  # the values the corpus holds
+    corpus = c if dtype == "bfloat16" else c.numpy()
+    scores, indices = ec.search(q, corpus, k=k, metric=metric)
+    assert isinstance(scores, np.ndarray) and scores.dtype == np.float32
+    full = _full_scores(q, c_exact, metric)
+    assert_float_topk(scores, indices, full, k, metric == "l2", _float_tol(q, c_exact, metric))
+
+
+@pytest.mark.parametrize("metric", ["dot", "cos", "l2"])
+@pytest.mark.parametrize("nq,d", [(1, 33), (7, 100), (64, 385)])
+@pytest.mark.parametrize("k", KS)
+def test_int8_asymmetric_equals_dequantized_float_search(rng, metric, nq, d, k):
+    x = rng.standard_normal((N, d)).astype(np.float32)
+    ranges = np.stack([x.min(0), x.max(0)]).astype(np.float32)
+    ranges[:, 3] = 0.25  # a zero-width dimension: step 1, as sentence-transformers
+    codes = rng.integers(-128, 128, size=(N, d), dtype=np.int8)
+    q = rng.standard_normal((nq, d)).astype(np.float32)
+    scores, indices = ec.search(q, codes, k=k, metric=metric, ranges=ranges)
+    deq = _dequantize(codes, ranges)
+    full = _full_scores(q, deq, metric)
+    assert_float_topk(scores, indices, full, k, metric == "l2", _float_tol(q, deq, metric))
+
+
+def test_dequantize_matches_quantize_module(rng):
+    quantize = pytest.importorskip("embedcore.ops.quantize")
+    codes = rng.integers(-128, 128, size=(50, 19), dtype=np.int8)
+    ranges = np.stack([rng.uniform(-2, 0, 19), rng.uniform(0, 2, 19)]).astype(np.float32)
+    ranges[:, 5] = 1.0
+    np.testing.assert_array_equal(_dequantize(codes, ranges), quantize.dequantize(codes, ranges))
+
+
+def _int_reference_check(scores, indices, q, c, k, metric):
+    es, ei = search_reference(q, c, k, metric)
+    assert scores.dtype == es.dtype
+    if es.dtype == np.int32:
+        np.testing.assert_array_equal(scores, es)
+        np.testing.assert_array_equal(indices, ei)  # bit-identical, tie rule included
+    else:
+        full = _full_scores(q.astype(np.float64), c.astype(np.float64), metric)
+        assert_float_topk(scores, indices, full, k, False, 1e-6)
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2", "cos"])
+@pytest.mark.parametrize("nq,d", [(1, 33), (7, 100), (64, 385)])
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("levels", [None, 3])
+def test_int8_symmetric(rng, metric, nq, d, k, levels):
+    lo, hi = (-128, 128) if levels is None else (-1, levels - 1)
+    q = rng.integers(lo, hi, size=(nq, d), dtype=np.int8)
+    c = rng.integers(lo, hi, size=(N, d), dtype=np.int8)
+    c[:3] = -128  # extremes: -128 * -128 sums must not overflow
+    scores, indices = ec.search(q, c, k=k, metric=metric)
+    _int_reference_check(scores, indices, q, c, k, metric)
+
+
+def _hamming_numpy(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.unpackbits(q.view(np.uint8)[:, None, :] ^ c.view(np.uint8)[None], axis=-1).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("nq,nbytes", [(1, 5), (7, 48), (64, 13), (7, 130)])
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("levels", [None, 2])
+def test_hamming(rng, dtype, nq, nbytes, k, levels):
+    # levels=2: bytes from {0, 1}: distances take a handful of values, so ties everywhere.
+    high = 256 if levels is None else levels
+    ub_q = rng.integers(0, high, size=(nq, nbytes), dtype=np.uint8)
+    ub_c = rng.integers(0, high, size=(N, nbytes), dtype=np.uint8)
+    if dtype == np.int8:  # sentence-transformers' binary: ubinary - 128
+        q = (ub_q.astype(np.int16) - 128).astype(np.int8)
+        c = (ub_c.astype(np.int16) - 128).astype(np.int8)
+    else:
+        q, c = ub_q, ub_c
+    scores, indices = ec.search(q, c, k=k, metric="hamming")
+    full = _hamming_numpy(ub_q, ub_c)
+    order = np.argsort(full, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(indices, order)
+    np.testing.assert_array_equal(scores, np.take_along_axis(full, order, axis=1))
+    assert scores.dtype == np.int32
+
+
+def test_torch_in_torch_out_and_1d_query(rng):
+    c = torch.from_numpy(rng.standard_normal((300, 24)).astype(np.float32))
+    q = c[17].clone()
+    scores, indices = ec.search(q, c, k=5, metric="cos")
+    assert isinstance(scores, torch.Tensor) and scores.shape == (5,) and indices.dtype == torch.int64
+    assert int(indices[0]) == 17 and abs(float(scores[0]) - 1.0) < 1e-6
+
+
+def test_non_contiguous_inputs_are_read_correctly(rng):
+    base = rng.standard_normal((40, 600)).astype(np.float32)
+    corpus = base.T[::2]  # (300, 40), strided
+    q = base.T[1:8:3]
+    scores, indices = ec.search(q, corpus, k=6, metric="dot")
+    full = _full_scores(np.ascontiguousarray(q), np.ascontiguousarray(corpus), "dot")
+    assert_float_topk(scores, indices, full, 6, False, 1e-4)
+
+
+def test_zero_vectors_cos(rng):
+    c = rng.standard_normal((50, 9)).astype(np.float32)
+    c[[4, 7]] = 0
+    q = -c[:1]
+    scores, indices = ec.search(q, c, k=50, metric="cos")
+    full = _full_scores(q, c, "cos")
+    assert_float_topk(scores, indices, full, 50, False, 1e-6)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_input(rng):
+    c = rng.standard_normal((20, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="corpus has dim 8, queries have dim 6"):
+        ec.search(q[:, :6], c)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 20\]"):
+        ec.search(q, c, k=21)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 20\]"):
+        ec.search(q, c, k=0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        ec.search(q, c, k=2.0)
+    with pytest.raises(ValueError, match="Invalid metric 'ip'"):
+        ec.search(q, c, metric="ip")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        ec.search(q, c[:0], k=1)
+    with pytest.raises(TypeError, match="queries must be a numpy array or a torch tensor"):
+        ec.search(q.tolist(), c)
+    with pytest.raises(ValueError, match="corpus must be 2-D"):
+        ec.search(q, c[0])
+    with pytest.raises(TypeError, match="hamming needs packed bits"):
+        ec.search(q, c, metric="hamming")
+    with pytest.raises(TypeError, match="hamming needs packed bits"):
+        ec.search(q.view(np.uint8), c.view(np.int8), metric="hamming")
+    with pytest.raises(ValueError, match="need ranges"):
+        ec.search(q, c.astype(np.int8))
+    with pytest.raises(ValueError, match=r"ranges must have shape \(2, 8\)"):
+        ec.search(q, c.astype(np.int8), ranges=np.zeros((2, 7), np.float32))
+    with pytest.raises(TypeError, match="corpus has unsupported dtype int32"):
+        ec.search(q, c.astype(np.int32))
+
+
+@pytest.mark.parametrize("where", ["queries", "corpus"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_input_is_rejected(rng, where, value):
+    c = rng.standard_normal((5000, 16)).astype(np.float32)
+    q = rng.standard_normal((3, 16)).astype(np.float32)
+    (q if where == "queries" else c)[1, 3] = value
+    with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
+        ec.search(q, c, k=3, metric="dot")
