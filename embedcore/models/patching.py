@@ -1,0 +1,307 @@
+"""Reversible, instance-level patching of Hugging Face models: bidirectional attention for decoder LLMs
+and the ``"embedcore"`` attention implementation.
+
+Only public transformers mechanisms are used:
+
+* ``AttentionInterface.register("embedcore", ...)``: the attention function every model that follows
+  transformers' functional attention design calls (``ALL_ATTENTION_FUNCTIONS``). It unpads the batch
+  and runs ``embedcore.attention`` on the real tokens only: the varlen Triton kernel on CUDA, SDPA per
+  group of equal-length sequences on the CPU.
+* ``AttentionMaskInterface.register("embedcore", ...)``: the mask builder transformers' mask functions
+  (``create_causal_mask``, ``create_sliding_window_causal_mask``, ``create_bidirectional_mask``) call
+  for this implementation. Like transformers' own ``flash_attention_mask`` it returns the 2-D padding
+  mask (or None); causality comes from the attention modules' ``is_causal`` and the window from the
+  ``sliding_window`` argument, exactly as for flash-attention 2.
+* The attention modules' ``is_causal`` attribute and the config flags transformers honours itself
+  (``config.is_causal`` in ``create_causal_mask`` (5.x), ``use_bidirectional_attention`` (Gemma 2/3)),
+  so a patched model stays bidirectional even if switched to ``sdpa`` or ``eager`` while patched.
+* ``model.set_attn_implementation`` (or, where a transformers release lacks it, the config's
+  ``_attn_implementation`` setter).
+
+``bidirectional(model)`` records every value it changes and ``undo()`` restores them exactly. Nothing
+is patched at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+ATTN_IMPLEMENTATION = "embedcore"
+
+# model_type -> config flags set to make the model bidirectional, beyond `is_causal`.
+_GEMMA_FLAGS = {"use_bidirectional_attention": True}
+
+
+def _patch_decoder(model: Any, record: _Record) -> None:
+    """Llama-family decoders: every attention module's ``is_causal`` and ``config.is_causal``."""
+    for config in _configs(model):
+        record.setattr(config, "is_causal", False)
+    flipped = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            record.setattr(module, "is_causal", False)
+            flipped += 1
+    if not flipped:
+        raise ValueError(
+            f"{type(model).__name__} has no attention module with an `is_causal` attribute; "
+            "this transformers release lays the model out differently from what embedcore supports"
+        )
+
+
+def _patch_gemma(model: Any, record: _Record) -> None:
+    """Gemma 2/3: as Llama, plus ``use_bidirectional_attention`` that their mask code reads. The sliding
+    window keeps its size on each side (|i - j| < sliding_window)."""
+    _patch_decoder(model, record)
+    for config in _configs(model):
+        for name, value in _GEMMA_FLAGS.items():
+            if hasattr(config, name):
+                record.setattr(config, name, value)
+
+
+# One registry: model_type -> patch function.
+PATCHES: dict[str, Callable[[Any, _Record], None]] = {
+    "llama": _patch_decoder,
+    "mistral": _patch_decoder,
+    "qwen2": _patch_decoder,
+    "qwen3": _patch_decoder,
+    "gemma": _patch_decoder,
+    "gemma2": _patch_gemma,
+    "gemma3_text": _patch_gemma,
+}
+
+
+class _Record:
+    """Attribute changes, undone in reverse order."""
+
+    def __init__(self) -> None:
+        self._changes: list[tuple[Any, str, bool, Any]] = []
+
+    def setattr(self, obj: Any, name: str, value: Any) -> None:
+        existed = name in vars(obj) if hasattr(obj, "__dict__") else hasattr(obj, name)
+        self._changes.append((obj, name, existed, getattr(obj, name, None)))
+        setattr(obj, name, value)
+
+    def undo(self) -> None:
+        while self._changes:
+            obj, name, existed, old = self._changes.pop()
+            if existed:
+                setattr(obj, name, old)
+            else:
+                delattr(obj, name)
+
+
+def _configs(model: Any) -> list[Any]:
+    """The distinct config objects of a model and its sub-models."""
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "model_type"):
+            seen.setdefault(id(config), config)
+    return list(seen.values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the "embedcore" attention implementation
+
+
+def _padding_mask(*args: Any, attention_mask: torch.Tensor | None = None, kv_length: int | None = None,
+                  **kwargs: Any) -> torch.Tensor | None:
+    """Mask builder for ``AttentionMaskInterface``: the (B, kv_length) bool padding mask, None when no
+    token is padding. The mask pattern (causal, window) is applied by the attention function."""
+    if attention_mask is None:
+        return None
+    if kv_length is not None:
+        attention_mask = attention_mask[:, -kv_length:]
+    attention_mask = attention_mask.bool()
+    return None if bool(attention_mask.all()) else attention_mask
+
+
+def embedcore_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function (``AttentionInterface``) backed by ``embedcore.attention``.
+
+    Args:
+        module: the attention module; its ``is_causal`` decides causality unless ``is_causal`` is given.
+        query: (B, Hq, T, D); key, value: (B, Hkv, T, D).
+        attention_mask: (B, T) bool padding mask from ``_padding_mask``, or None. A 4-D mask (a custom
+            mask the caller built) is handed to transformers' SDPA/eager function unchanged.
+        scaling, sliding_window, softcap: as the module passes them.
+
+    Returns:
+        ((B, T, Hq, D) attention output, None).
+    """
+    if dropout and module.training:
+        raise ValueError("embedcore attention is inference-only; put the model in eval() mode")
+    if kwargs.get("output_attentions"):
+        raise ValueError("embedcore attention does not return attention weights (output_attentions=True)")
+    if attention_mask is not None and attention_mask.ndim == 4:
+        return _fallback(module, query, key, value, attention_mask, scaling, dropout, sliding_window,
+                         softcap, is_causal, **kwargs)
+    if query.shape[2] != key.shape[2]:
+        raise ValueError(
+            f"embedcore attention encodes whole sequences: got {query.shape[2]} queries for {key.shape[2]} "
+            "keys (a KV cache); call the model with use_cache=False"
+        )
+    from embedcore.ops.attention import attention
+
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    out = attention(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        causal=causal,
+        scale=None if scaling is None else float(scaling),
+        window=None if sliding_window is None or sliding_window >= query.shape[2] else int(sliding_window),
+        softcap=None if softcap is None else float(softcap),
+        attention_mask=attention_mask,
+    )
+    return out, None
+
+
+def _fallback(module, query, key, value, attention_mask, scaling, dropout, sliding_window, softcap,
+              is_causal, **kwargs):
+    if softcap is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    # Softcap needs the model's own eager function (it applies the cap); find it by the module's class.
+    import sys
+
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                 sliding_window=sliding_window, softcap=softcap, **kwargs)
+
+
+_REGISTERED = False
+
+
+def register() -> str:
+    """Registers the ``"embedcore"`` attention implementation with transformers (idempotent).
+
+    Afterwards ``AutoModel.from_pretrained(..., attn_implementation="embedcore")`` or
+    ``model.set_attn_implementation("embedcore")`` route attention through ``embedcore.attention``.
+
+    Returns:
+        The implementation name, ``"embedcore"``.
+    """
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTN_IMPLEMENTATION, embedcore_attention_forward)
+        try:
+            from transformers.masking_utils import AttentionMaskInterface
+        except ImportError:  # releases before mask interfaces pass the 2-D mask through unchanged
+            pass
+        else:
+            AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _padding_mask)
+        _REGISTERED = True
+    return ATTN_IMPLEMENTATION
+
+
+def _set_attn_implementation(model: Any, name: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        for config in _configs(model):
+            config._attn_implementation = name
+
+
+def use_embedcore_attention(model: Any) -> _Handle:
+    """Routes ``model``'s attention through ``embedcore.attention`` without changing its masking
+    (encoders stay bidirectional, decoders causal). Returns a handle with ``undo()``."""
+    register()
+    record = _Record()
+    previous = model.config._attn_implementation
+    _set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    return _Handle(model, record, previous)
+
+
+class _Handle:
+    """Undo handle returned by ``bidirectional``; also a context manager."""
+
+    def __init__(self, model: Any, record: _Record, previous_attn: str | None) -> None:
+        self.model = model
+        self._record = record
+        self._previous_attn = previous_attn
+        self.active = True
+
+    def undo(self) -> None:
+        """Restores the model exactly as it was (idempotent)."""
+        if not self.active:
+            return
+        self._record.undo()
+        if self._previous_attn is not None:
+            _set_attn_implementation(self.model, self._previous_attn)
+        if getattr(self.model, "_embedcore_patch", None) is self:
+            del self.model._embedcore_patch
+        self.active = False
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "undone"
+        return f"<embedcore bidirectional patch of {type(self.model).__name__} ({state})>"
+
+
+def bidirectional(model: Any, attn_implementation: str | None = ATTN_IMPLEMENTATION) -> _Handle:
+    """Makes a decoder LLM attend bidirectionally, in place and reversibly.
+
+    Args:
+        model: a transformers model (base model or ``*ForCausalLM``) whose ``config.model_type`` is one of
+            ``PATCHES``: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text.
+        attn_implementation: the attention implementation to run while patched; ``"embedcore"`` (default)
+            runs the padding-free varlen kernel on CUDA; None keeps the model's current one.
+
+    Returns:
+        A handle: ``handle.undo()`` restores causal attention exactly; ``with bidirectional(model): ...``
+        undoes on exit.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not isinstance(model, torch.nn.Module) or model_type is None:
+        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
+    patch = PATCHES.get(model_type)
+    if patch is None:
+        raise ValueError(
+            f"bidirectional() does not support model_type {model_type!r}; supported: {sorted(PATCHES)}"
+        )
+    if isinstance(getattr(model, "_embedcore_patch", None), _Handle):
+        raise ValueError("model is already patched by bidirectional(); undo() that handle first")
+    record = _Record()
+    previous = None
+    if attn_implementation is not None:
+        if attn_implementation == ATTN_IMPLEMENTATION:
+            register()
+        previous = config._attn_implementation
+    try:
+        patch(model, record)
+        if attn_implementation is not None:
+            _set_attn_implementation(model, attn_implementation)
+    except BaseException:
+        record.undo()
+        if previous is not None and config._attn_implementation != previous:
+            _set_attn_implementation(model, previous)
+        raise
+    handle = _Handle(model, record, previous)
+    model._embedcore_patch = handle
+    return handle

@@ -1,0 +1,207 @@
+"""bidirectional(model): numerical proof per architecture, equality with an explicit all-visible mask,
+batch independence, exact undo, and the "embedcore" attention implementation on encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import embedcore as ec
+from embedcore.models import patching
+
+from helpers import assert_close
+
+COMMON = dict(
+    vocab_size=101,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.1,
+    attn_implementation="eager",
+)
+WINDOW = 4  # sliding window of the windowed tiny models (sequences here are up to 13 tokens)
+
+# model_type -> (config class, base model class, causal LM class, extra config)
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaModel", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralModel", "MistralForCausalLM", {"sliding_window": WINDOW}),
+    "qwen2": ("Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3Model", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "gemma": ("GemmaConfig", "GemmaModel", "GemmaForCausalLM", {"head_dim": 16}),
+    "gemma2": (
+        "Gemma2Config", "Gemma2Model", "Gemma2ForCausalLM",
+        {"head_dim": 16, "sliding_window": WINDOW, "attn_logit_softcapping": 1.0,
+         "layer_types": ["sliding_attention", "full_attention"]},
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig", "Gemma3TextModel", "Gemma3ForCausalLM",
+        {"head_dim": 16, "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
+}
+
+
+def build(arch: str, lm: bool = False, **overrides) -> torch.nn.Module:
+    config_cls, base_cls, lm_cls, extra = ARCHS[arch]
+    config = getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
+    torch.manual_seed(0)
+    return getattr(transformers, lm_cls if lm else base_cls)(config).eval()
+
+
+def last_hidden(model, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    output_hidden_states=True, use_cache=False)
+    return out.hidden_states[-1]
+
+
+def batch(lengths: list[int], side: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ids padded on ``side``; returns (input_ids, attention_mask, position_ids)."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[b, cols] = torch.randint(1, COMMON["vocab_size"], (n,), generator=g)
+        mask[b, cols] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, position_ids
+
+
+def explicit_mask(model, mask: torch.Tensor):
+    """All-visible additive 4-D masks (padding keys hidden; |i - j| < sliding_window on windowed layers)
+    for the unpatched model: one tensor, or a dict by layer type for models that accept one."""
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    width = mask.shape[1]
+    keys = mask.bool()[:, None, None, :].expand(-1, 1, width, width)
+    dist = (torch.arange(width)[:, None] - torch.arange(width)[None, :]).abs()
+
+    def additive(visible):
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+
+    full = additive(keys)
+    window = getattr(config, "sliding_window", None)
+    windowed = additive(keys & (dist < window)) if window else full
+    if config.model_type == "mistral":
+        return windowed
+    if getattr(config, "layer_types", None) is not None:
+        return {"full_attention": full, "sliding_attention": windowed}
+    return full
+
+
+def token_change_reaches_first(model, n: int = 9) -> float:
+    ids, _, _ = batch([n], "right", seed=3)
+    other = ids.clone()
+    other[0, -1] = ids[0, -1] % (COMMON["vocab_size"] - 1) + 1
+    return float((last_hidden(model, ids)[0, 0] - last_hidden(model, other)[0, 0]).abs().max())
+
+
+@pytest.mark.parametrize("lm", [False, True], ids=["base", "causal_lm"])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_last_token_reaches_first_only_while_patched(arch, lm):
+    # A window below the length would hide the last token from the first; widen it for this proof.
+    model = build(arch, lm, **({"sliding_window": 16} if "sliding_window" in ARCHS[arch][3] else {}))
+    ids, _, _ = batch([9], "right", seed=5)
+    before = last_hidden(model, ids)
+    assert token_change_reaches_first(model) == 0.0
+
+    handle = ec.bidirectional(model)
+    assert model.config._attn_implementation == "embedcore"
+    assert token_change_reaches_first(model) > 1e-3
+
+    handle.undo()
+    assert token_change_reaches_first(model) == 0.0
+    assert model.config._attn_implementation == "eager"
+    assert torch.equal(last_hidden(model, ids), before), "undo() must restore the exact outputs"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize(
+    "lengths, side",
+    [([11], "right"), ([13, 5, 1, 9], "right"), ([13, 5, 1, 9], "left")],
+    ids=["B1", "B4-right", "B4-left"],
+)
+def test_equals_explicit_all_visible_mask(arch, lengths, side):
+    model = build(arch)
+    ids, mask, pos = batch(lengths, side)
+    expected = last_hidden(model, ids, explicit_mask(model, mask), pos)
+    with ec.bidirectional(model):
+        actual = last_hidden(model, ids, mask, pos)
+    real = mask.bool()
+    assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name=f"{arch} hidden states")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_independence(arch, side):
+    model = build(arch)
+    lengths = [7, 12, 2, 10]
+    ids, mask, pos = batch(lengths, side, seed=7)
+    with ec.bidirectional(model):
+        together = last_hidden(model, ids, mask, pos)
+        for b, n in enumerate(lengths):
+            cols = slice(ids.shape[1] - n, None) if side == "left" else slice(0, n)
+            alone = last_hidden(model, ids[b : b + 1, cols])
+            assert_close(together[b, cols], alone[0], atol=1e-5, rtol=1e-5, name=f"text {b}")
+
+
+def test_context_manager_and_handle_state():
+    model = build("qwen2")
+    with ec.bidirectional(model) as handle:
+        assert handle.active and all(
+            not m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)
+        )
+        with pytest.raises(ValueError, match="already patched"):
+            ec.bidirectional(model)
+    assert not handle.active
+    assert all(m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+    handle.undo()  # idempotent
+    with ec.bidirectional(model, attn_implementation=None):
+        assert model.config._attn_implementation == "eager"
+        assert token_change_reaches_first(model) > 1e-3
+    assert token_change_reaches_first(model) == 0.0
+
+
+def test_unsupported_model_type_names_supported():
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    model = transformers.BertModel(config)
+    with pytest.raises(ValueError, match=r"'bert'.*llama.*qwen3"):
+        ec.bidirectional(model)
+    with pytest.raises(TypeError, match="model"):
+        ec.bidirectional(object())
+
+
+def test_encoder_runs_embedcore_attention_unchanged():
+    """An encoder keeps its (bidirectional, padded) semantics under the "embedcore" implementation."""
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    ids, mask, _ = batch([5, 8, 2], "right", seed=4)
+    ids = ids % 50
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        handle = patching.use_embedcore_attention(model)
+        assert model.config._attn_implementation == "embedcore"
+        actual = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        handle.undo()
+    assert model.config._attn_implementation == "sdpa"
+    real = mask.bool()
+    assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name="bert hidden states")
+
+
+def test_attention_function_rejects_kv_cache_and_weights():
+    model = build("llama")
+    ids, _, _ = batch([5], "right")
+    with ec.bidirectional(model), torch.no_grad():
+        with pytest.raises(ValueError, match="output_attentions"):
+            model(input_ids=ids, output_attentions=True)
