@@ -150,6 +150,23 @@ def test_batch_independence(arch, side):
             assert_close(together[b, cols], alone[0], atol=1e-5, rtol=1e-5, name=f"text {b}")
 
 
+def test_kernel_path_end_to_end(monkeypatch):
+    """head_dim 32 is a kernel head dim: under the interpreter the Triton kernel runs inside the model."""
+    from embedcore.kernels import attention as kernel
+
+    launches = []
+    fwd = kernel.attention_fwd
+    monkeypatch.setattr(kernel, "attention_fwd", lambda *a: launches.append(a[4]) or fwd(*a))
+    model = build("llama", num_attention_heads=2, num_key_value_heads=1)
+    ids, mask, pos = batch([6, 3], "left", seed=2)
+    expected = last_hidden(model, ids, explicit_mask(model, mask), pos)
+    with ec.bidirectional(model):
+        actual = last_hidden(model, ids, mask, pos)
+    assert launches == [6, 6], "one varlen launch per layer, sized by the longest text"
+    real = mask.bool()
+    assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name="hidden states")
+
+
 def test_context_manager_and_handle_state():
     model = build("qwen2")
     with ec.bidirectional(model) as handle:
