@@ -1,0 +1,628 @@
+"""Exact retrieval index over compact codes, with rescoring and safe persistence.
+
+``Index(dim, precision, metric, rescore, rescore_multiplier, ranges)`` keeps the vectors it is given
+in one of four formats and scans them with :func:`embedcore.search` (native code):
+
+=========  =====================================  ==========================================
+precision  stored per vector                      scan
+=========  =====================================  ==========================================
+float32    ``dim`` float32                        float queries, exact
+float16    ``dim`` float16                        float queries against the float16 values
+int8       ``dim`` int8 codes + shared ranges     float queries: dequantised codes (asymmetric);
+                                                  int8 queries: integer dot products (symmetric)
+binary     ``ceil(dim / 8)`` bytes of sign bits   Hamming distance of the queries' sign bits
+=========  =====================================  ==========================================
+
+With ``rescore="int8"`` (binary only) or ``rescore="float32"`` the index also keeps int8 codes or
+float32 vectors; a search then takes ``k * rescore_multiplier`` candidates from the scan and rescores
+them with the float query against the dequantised int8 vectors (or the float vectors), never against
+raw integer codes, and returns the best ``k``. :meth:`Index.tune_rescore_multiplier` picks the
+smallest multiplier that reaches a requested recall.
+
+``metric="cos"`` normalises vectors when they are added and queries when they are searched, so
+scores are dot products of unit vectors (of the dequantised vectors for int8). Scores are
+similarities (largest first) for ``cos``/``dot``, squared distances (smallest first) for ``l2``, and
+Hamming distances (smallest first) for a binary index without rescoring.
+
+int8 ranges (per-dimension min/max) are fixed at the first add, or given, and reused for every
+later add: values outside them are clipped to the end buckets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+
+from embedcore import persist
+from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
+
+Precision = Literal["float32", "float16", "int8", "binary"]
+Metric = Literal["cos", "dot", "l2"]
+Rescore = Literal["int8", "float32"]
+PRECISIONS = ("float32", "float16", "int8", "binary")
+METRICS = ("cos", "dot", "l2")
+# precision -> the rescore modes it supports (None: no rescoring)
+RESCORE_MODES: dict[str, tuple[str | None, ...]] = {
+    "float32": (None,),
+    "float16": (None, "float32"),
+    "int8": (None, "float32"),
+    "binary": (None, "int8", "float32"),
+}
+FORMAT = "embedcore.index"
+FORMAT_VERSION = 1
+# Candidate multipliers tried by tune_rescore_multiplier, in order.
+_MULTIPLIERS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100)
+# Gathered rescoring vectors per chunk of queries (elements), to bound memory for large batches.
+_RESCORE_CHUNK = 1 << 22
+_RESERVED = ("ids", "codes", "rescore_vectors", "ranges")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _normalize(x: np.ndarray, name: str) -> np.ndarray:
+    """Rows scaled to unit length, computed in float64 so unit rows come back unchanged."""
+    x64 = x.astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    if (norms == 0).any():
+        row = int(np.flatnonzero(norms == 0)[0])
+        raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
+    return (x64 / norms[:, None]).astype(np.float32)
+
+
+class _Rows:
+    """A growable (n, width) array: amortised O(1) appends, views without copies.
+
+    It may start from a read-only memory map; the first append or removal copies into memory.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+        self._n = len(data)
+
+    def view(self) -> np.ndarray:
+        return self._data[: self._n]
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self._n + len(rows)
+        if need > len(self._data) or not self._data.flags.writeable:
+            grown = np.empty((max(need, 2 * self._n, 16), *self._data.shape[1:]), self._data.dtype)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : need] = rows
+        self._n = need
+
+    def keep(self, mask: np.ndarray) -> None:
+        self._data = np.ascontiguousarray(self.view()[mask])
+        self._n = len(self._data)
+
+
+class Index:
+    """An exact top-k index over float, int8 or binary codes, with optional rescoring.
+
+    Args:
+        dim: embedding dimension (>= 1).
+        precision: float32, float16, int8 or binary: the format that is scanned.
+        metric: cos, dot or l2; the similarity the float embeddings are compared with.
+        rescore: None, "int8" (binary only) or "float32" (any compact precision): the extra copy
+            that the ``k * rescore_multiplier`` scan candidates are rescored with.
+        rescore_multiplier: candidates per result taken from the scan when rescoring (>= 1).
+        ranges: (2, dim) float per-dimension min/max for the int8 codes (int8 precision or int8
+            rescoring); default: taken from the first :meth:`add`.
+
+    Example::
+
+        idx = Index(384, precision="binary", rescore="int8")
+        idx.add(corpus_embeddings)                 # (n, 384) float32
+        scores, ids = idx.search(query_embeddings, k=10)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        precision: Precision = "float32",
+        metric: Metric = "cos",
+        rescore: Rescore | None = None,
+        rescore_multiplier: int = 4,
+        ranges: Any = None,
+    ) -> None:
+        self.dim = _positive_int(dim, "dim")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Invalid precision {precision!r}; valid: {PRECISIONS}")
+        if metric not in METRICS:
+            raise ValueError(f"Invalid metric {metric!r}; valid: {METRICS}")
+        if rescore not in RESCORE_MODES[precision]:
+            raise ValueError(
+                f"Invalid rescore {rescore!r} for precision {precision!r}; valid: {RESCORE_MODES[precision]}"
+            )
+        self.precision: str = precision
+        self.metric: str = metric
+        self.rescore: str | None = rescore
+        self.rescore_multiplier = _positive_int(rescore_multiplier, "rescore_multiplier")
+        self.metadata: dict[str, Any] = {}
+        self.extra_arrays: dict[str, np.ndarray] = {}
+        self._ranges: np.ndarray | None = None
+        if ranges is not None:
+            if not self._uses_int8():
+                raise ValueError("ranges applies to int8 codes only (precision='int8' or rescore='int8')")
+            self._ranges = self._check_ranges(ranges)
+        width = (self.dim + 7) // 8 if precision == "binary" else self.dim
+        code_dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "binary": np.uint8}
+        self._ids = _Rows(np.empty(0, np.int64))
+        self._codes = _Rows(np.empty((0, width), code_dtype[precision]))
+        self._extra = (
+            None
+            if rescore is None
+            else _Rows(np.empty((0, self.dim), np.int8 if rescore == "int8" else np.float32))
+        )
+        self._next_id = 0
+
+    # ---------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return len(self._ids.view())
+
+    def __repr__(self) -> str:
+        return (
+            f"Index(dim={self.dim}, precision={self.precision!r}, metric={self.metric!r}, "
+            f"rescore={self.rescore!r}, rescore_multiplier={self.rescore_multiplier}, n={len(self)})"
+        )
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(n,) int64 user ids in storage order (read-only view)."""
+        view = self._ids.view().view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def next_id(self) -> int:
+        """The first id of the next :meth:`add` without ids: one past the largest id ever added."""
+        return self._next_id
+
+    @property
+    def ranges(self) -> np.ndarray | None:
+        """(2, dim) float32 int8 quantization ranges (min row, max row), or None until fixed."""
+        return None if self._ranges is None else self._ranges.copy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the vectors: scanned codes plus rescoring copy plus ranges (ids excluded)."""
+        total = self._codes.view().nbytes + (0 if self._ranges is None else self._ranges.nbytes)
+        return total + (0 if self._extra is None else self._extra.view().nbytes)
+
+    def _uses_int8(self) -> bool:
+        return self.precision == "int8" or self.rescore == "int8"
+
+    def _check_ranges(self, ranges: Any) -> np.ndarray:
+        check_array(ranges, "ranges")
+        r = cpu_numpy(ranges, "ranges")
+        if r.dtype.kind != "f":
+            raise TypeError(f"ranges must hold floats, got {r.dtype}")
+        if r.shape != (2, self.dim):
+            raise ValueError(f"ranges must have shape (2, {self.dim}) (min row, max row), got {r.shape}")
+        if not np.isfinite(r).all() or (r[0] > r[1]).any():
+            raise ValueError("ranges must be finite with ranges[0] (min) <= ranges[1] (max)")
+        return r.astype(np.float32)
+
+    # ---------------------------------------------------------------- add / remove
+
+    def _float_rows(self, x: Any, name: str) -> np.ndarray:
+        """``x`` as a finite float32 (n, dim) numpy array, normalised for ``cos``."""
+        check_array(x, name)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (n, {self.dim}), got shape {tuple(x.shape)}")
+        if int(x.shape[1]) != self.dim:
+            raise ValueError(f"{name} has dim {int(x.shape[1])}, the index has dim {self.dim}")
+        arr = cpu_numpy(x, name)
+        if arr.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floats (float16/bfloat16/float32/float64), got {arr.dtype}")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+        return _normalize(arr, name) if self.metric == "cos" else arr
+
+    def _new_ids(self, ids: Any, n: int) -> np.ndarray:
+        if ids is None:
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        arr = cpu_numpy(ids, "ids") if (isinstance(ids, np.ndarray) or is_tensor(ids)) else np.asarray(ids)
+        if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+            raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        if arr.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},) to match embeddings, got {arr.shape}")
+        if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():
+            raise ValueError("ids must fit in int64")
+        arr = arr.astype(np.int64)
+        uniq, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"ids contains duplicates, e.g. {int(uniq[counts > 1][0])}")
+        clash = np.isin(arr, self._ids.view())
+        if clash.any():
+            raise ValueError(f"id {int(arr[clash][0])} is already in the index (ids must be unique)")
+        return arr
+
+    def add(self, embeddings: Any, ids: Any = None) -> None:
+        """Adds float embeddings; the index quantizes them itself.
+
+        Args:
+            embeddings: (n, dim) float16/bfloat16/float32/float64 numpy array or CPU tensor, finite
+                (no zero rows with ``metric="cos"``).
+            ids: (n,) integers, unique and not yet in the index; default: consecutive ids after the
+                largest one handed out so far (0..n-1 for a new index).
+
+        Raises:
+            TypeError: non-float embeddings or non-integer ids.
+            ValueError: wrong shape or dim, NaN/inf, zero vectors under cos, duplicate ids, or a
+                first int8 add of a single row without ``ranges``.
+        """
+        from embedcore.ops.quantize import quantization_ranges, quantize
+
+        x = self._float_rows(embeddings, "embeddings")
+        new_ids = self._new_ids(ids, len(x))
+        if len(x) == 0:
+            return
+        ranges = self._ranges
+        if self._uses_int8() and ranges is None:
+            if len(x) < 2:
+                raise ValueError(
+                    "the first add to an int8 index needs at least 2 rows to derive the quantization "
+                    "ranges; add more rows or pass ranges= to Index()"
+                )
+            ranges = quantization_ranges(x)
+        # Everything is computed before any state changes, so a failed add leaves the index as it was.
+        if self.precision == "binary":
+            codes = quantize(x, "ubinary")
+        elif self.precision == "int8":
+            codes = quantize(x, "int8", ranges=ranges)
+        else:
+            codes = quantize(x, self.precision)
+        extra = None
+        if self.rescore == "int8":
+            extra = quantize(x, "int8", ranges=ranges)
+        elif self.rescore == "float32":
+            extra = x
+        self._ranges = ranges
+        self._codes.append(codes)
+        if extra is not None:
+            self._extra.append(extra)
+        self._ids.append(new_ids)
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+
+    def remove(self, ids: Any) -> int:
+        """Removes vectors by id.
+
+        Args:
+            ids: integers (a sequence, array or tensor), each present in the index.
+
+        Returns:
+            The number of vectors removed.
+
+        Raises:
+            KeyError: an id that is not in the index.
+        """
+        arr = np.asarray(cpu_numpy(ids, "ids") if is_tensor(ids) else ids).reshape(-1)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+        missing = ~np.isin(arr, self._ids.view())
+        if missing.any():
+            raise KeyError(f"id {int(arr[missing][0])} is not in the index")
+        keep = ~np.isin(self._ids.view(), arr)
+        removed = int(len(keep) - keep.sum())
+        if removed:
+            for rows in (self._ids, self._codes, self._extra):
+                if rows is not None:
+                    rows.keep(keep)
+        return removed
+
+    # ---------------------------------------------------------------- search
+
+    def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows of the scanned format for float queries ``q`` (already normalised for cos)."""
+        from embedcore.ops.quantize import quantize
+        from embedcore.ops.search import search
+
+        codes = self._codes.view()
+        metric = "dot" if self.metric == "cos" else self.metric
+        if self.precision == "binary":
+            return search(quantize(q, "ubinary"), codes, k, "hamming")
+        if self.precision == "int8":
+            return search(q, codes, k, metric, ranges=self._ranges)
+        return search(q, codes, k, metric)
+
+    def _rescore_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Float32 (len(rows), dim) rescoring vectors of the given storage rows."""
+        from embedcore.ops.quantize import dequantize
+
+        picked = self._extra.view()[rows]
+        return dequantize(picked, self._ranges) if self.rescore == "int8" else picked
+
+    def _rescore(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rescores candidate rows (nq, c) with float queries (nq, dim); returns the best k per query."""
+        from embedcore.ops.topk import topk
+
+        nq, c = candidates.shape
+        # Ascending rows: topk's tie rule (lower column first) then means lower storage row first.
+        candidates = np.sort(candidates, axis=1)
+        scores = np.empty((nq, k), np.float32)
+        rows = np.empty((nq, k), np.int64)
+        step = max(1, _RESCORE_CHUNK // (c * self.dim))
+        for lo in range(0, nq, step):
+            cand = candidates[lo : lo + step]
+            vecs = self._rescore_vectors(cand.reshape(-1)).reshape(len(cand), c, self.dim)
+            qs = q[lo : lo + step]
+            s = np.matmul(vecs, qs[:, :, None])[:, :, 0]
+            if self.metric == "l2":
+                s = np.einsum("bcd,bcd->bc", vecs, vecs) - 2 * s + np.einsum("bd,bd->b", qs, qs)[:, None]
+            values, pos = topk(s, k, largest=self.metric != "l2")
+            scores[lo : lo + step] = values
+            rows[lo : lo + step] = np.take_along_axis(cand, pos, axis=1)
+        return scores, rows
+
+    def _search_rows(self, queries: np.ndarray, k: int, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, storage rows) for prepared float queries, taking ``n_candidates`` when rescoring."""
+        if self.rescore is None:
+            return self._scan(queries, k)
+        _, candidates = self._scan(queries, min(n_candidates, len(self)))
+        return self._rescore(queries, candidates, k)
+
+    def search(self, queries: Any, k: int = 10, rescore_multiplier: int | None = None) -> tuple[Any, Any]:
+        """Exact top-k search.
+
+        Args:
+            queries: (nq, dim) float numpy array or CPU tensor; or, for an int8 index without
+                rescoring, (nq, dim) int8 codes made with :attr:`ranges` (symmetric integer scoring);
+                or, for a binary index without rescoring, (nq, ceil(dim / 8)) uint8 packed sign bits.
+            k: results per query, 1 <= k <= len(self).
+            rescore_multiplier: overrides :attr:`rescore_multiplier` for this call.
+
+        Returns:
+            (scores, ids): (nq, k) float32 (int32 for int8 or binary queries) and int64 user ids,
+            best first (see the module docstring for score units), ties toward the earlier-stored
+            vector. numpy in, numpy out; tensor in, tensor out.
+
+        Raises:
+            ValueError: an empty index, k out of range, wrong query shape or dim, NaN/inf.
+            TypeError: a query dtype the index cannot score.
+        """
+        from embedcore.ops.search import search
+
+        check_array(queries, "queries")
+        n = len(self)
+        if n == 0:
+            raise ValueError("the index is empty; add vectors before searching")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+            raise ValueError(f"k must be an int in [1, {n}] (the number of vectors in the index), got {k!r}")
+        k = int(k)
+        mult = (
+            self.rescore_multiplier
+            if rescore_multiplier is None
+            else _positive_int(rescore_multiplier, "rescore_multiplier")
+        )
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be 2-D (nq, dim), got shape {tuple(queries.shape)}")
+        qdtype = str(queries.dtype).removeprefix("torch.")
+        if qdtype in ("int8", "uint8"):
+            packed = self.precision == "binary" and qdtype == "uint8"
+            if self.rescore is not None or not (packed or (self.precision == "int8" and qdtype == "int8")):
+                raise TypeError(
+                    f"{qdtype} queries fit only an int8 (int8 codes) or binary (uint8 packed bits) index "
+                    f"without rescoring; this index is {self.precision} with rescore={self.rescore!r}: "
+                    "pass float queries"
+                )
+            width = int(self._codes.view().shape[1])
+            if int(queries.shape[1]) != width:
+                raise ValueError(f"queries have width {int(queries.shape[1])}, the index codes have {width}")
+            metric = "hamming" if packed else ("dot" if self.metric == "cos" else self.metric)
+            scores, rows = search(cpu_numpy(queries, "queries"), self._codes.view(), k, metric)
+        else:
+            scores, rows = self._search_rows(self._float_rows(queries, "queries"), k, k * mult)
+        return like(scores, queries), like(self._ids.view()[rows], queries)
+
+    def tune_rescore_multiplier(
+        self,
+        target_recall: float,
+        k: int = 10,
+        sample_size: int = 1000,
+        embeddings: Any = None,
+        seed: int = 0,
+    ) -> tuple[int, float]:
+        """Sets :attr:`rescore_multiplier` to the smallest value whose estimated recall@k reaches a target.
+
+        A sample of the indexed vectors serves as queries (each query's own vector is left out of
+        both result lists); recall@k is measured against exact search over ``embeddings`` if given,
+        else over the index's rescoring vectors. Multipliers 1, 2, 3, 4, 5, 6, 8, 10, ... 100 are tried.
+
+        Args:
+            target_recall: in (0, 1].
+            k: results per query the recall is measured at.
+            sample_size: how many stored vectors are used as queries (at most len(self)).
+            embeddings: optional (len(self), dim) float embeddings of the stored vectors in storage
+                order (:attr:`ids` order); the exact float reference and the queries.
+            seed: seed of the sample.
+
+        Returns:
+            (multiplier, estimated recall) — also stored in :attr:`rescore_multiplier`.
+
+        Raises:
+            ValueError: no rescoring configured, too few vectors, or no multiplier up to 100 reaches
+                the target (the best one found is named).
+        """
+        from embedcore.ops.search import search
+
+        if self.rescore is None:
+            raise ValueError("this index has rescore=None: there is no rescore multiplier to tune")
+        if not (isinstance(target_recall, (int, float)) and 0 < target_recall <= 1):
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
+        n = len(self)
+        k = _positive_int(k, "k")
+        if n < k + 1:
+            raise ValueError(f"the index needs more than k={k} vectors to estimate recall, it has {n}")
+        sample_size = min(_positive_int(sample_size, "sample_size"), n)
+        if embeddings is None:
+            reference = self._rescore_vectors(np.arange(n))
+        else:
+            reference = self._float_rows(embeddings, "embeddings")
+            if len(reference) != n:
+                raise ValueError(f"embeddings has {len(reference)} rows, the index holds {n}")
+        rows = np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))
+        queries = reference[rows]
+        metric = "dot" if self.metric == "cos" else self.metric
+        _, truth = search(queries, reference, k + 1, metric)
+
+        def recall(found: np.ndarray) -> float:
+            hits = 0
+            for row, f, t in zip(rows, found, truth):
+                hits += len(np.intersect1d(f[f != row][:k], t[t != row][:k]))
+            return hits / (k * sample_size)
+
+        best = (0, -1.0)
+        for mult in _MULTIPLIERS:
+            # One extra candidate and result: the query's own vector, dropped before counting.
+            _, found = self._search_rows(queries, k + 1, k * mult + 1)
+            r = recall(found)
+            if r > best[1]:
+                best = (mult, r)
+            if r >= target_recall or k * mult + 1 >= n:
+                break
+        if best[1] < target_recall:
+            raise ValueError(
+                f"no rescore multiplier up to {_MULTIPLIERS[-1]} reaches recall@{k} {target_recall}; "
+                f"the best estimate is {best[1]:.4f} at multiplier {best[0]}"
+            )
+        self.rescore_multiplier = best[0]
+        return best
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, path: str | os.PathLike[str], extra_arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Saves the index as a folder, atomically (see :mod:`embedcore.persist`).
+
+        Args:
+            path: destination folder, created or replaced; its parent must exist.
+            extra_arrays: optional named numpy arrays stored and verified alongside (for example a
+                document store); :meth:`load` returns them in :attr:`extra_arrays`.
+        """
+        arrays = {"ids": self._ids.view(), "codes": self._codes.view()}
+        if self._extra is not None:
+            arrays["rescore_vectors"] = self._extra.view()
+        if self._ranges is not None:
+            arrays["ranges"] = self._ranges
+        for name, array in (extra_arrays or {}).items():
+            if name in _RESERVED:
+                raise ValueError(f"extra_arrays may not use the reserved name {name!r}")
+            arrays[name] = np.asarray(array)
+        meta = {
+            "dim": self.dim,
+            "precision": self.precision,
+            "metric": self.metric,
+            "rescore": self.rescore,
+            "rescore_multiplier": self.rescore_multiplier,
+            "count": len(self),
+            "next_id": self._next_id,
+            "user": self.metadata,
+        }
+        persist.save_folder(path, FORMAT, arrays, meta, FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> Index:
+        """Loads a saved index after verifying its manifest and checksums.
+
+        Args:
+            path: a folder written by :meth:`save`.
+            mmap: memory-map the arrays read-only (added vectors go to memory).
+            verify: check the SHA-256 of every file.
+
+        Raises:
+            FileNotFoundError: a missing folder or file.
+            embedcore.persist.CorruptFolderError (a ValueError): a truncated, altered, inconsistent
+                or newer-format folder.
+        """
+        manifest, arrays = persist.load_folder(path, FORMAT, FORMAT_VERSION, mmap=mmap, verify=verify)
+        meta = manifest["metadata"]
+        where = os.fspath(path)
+        try:
+            idx = cls(
+                meta["dim"],
+                meta["precision"],
+                meta["metric"],
+                meta["rescore"],
+                meta["rescore_multiplier"],
+                arrays.get("ranges"),
+            )
+            count, next_id = meta["count"], meta["next_id"]
+            ids, codes = arrays["ids"], arrays["codes"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise persist.CorruptFolderError(f"{where}: inconsistent index manifest ({exc})") from None
+        expected = {
+            "ids": ((count,), np.int64),
+            "codes": ((count, idx._codes.view().shape[1]), idx._codes.view().dtype),
+        }
+        if idx._extra is not None:
+            expected["rescore_vectors"] = ((count, idx.dim), idx._extra.view().dtype)
+        for name, (shape, dtype) in expected.items():
+            a = arrays.get(name)
+            if a is None or a.shape != shape or a.dtype != dtype:
+                raise persist.CorruptFolderError(f"{where}: array {name!r} does not match the manifest")
+        if idx._uses_int8() and count and "ranges" not in arrays:
+            raise persist.CorruptFolderError(f"{where}: an int8 index without its ranges")
+        if len(np.unique(ids)) != count or (count and int(ids.max()) >= next_id):
+            raise persist.CorruptFolderError(f"{where}: the stored ids are not unique or exceed next_id")
+        idx._ids, idx._codes = _Rows(ids), _Rows(codes)
+        if idx._extra is not None:
+            idx._extra = _Rows(arrays["rescore_vectors"])
+        idx._next_id = int(next_id)
+        idx.metadata = dict(meta.get("user") or {})
+        idx.extra_arrays = {name: a for name, a in arrays.items() if name not in _RESERVED}
+        return idx
+
+
+def semantic_search(
+    query_embeddings: Any,
+    corpus_embeddings: Any,
+    top_k: int = 10,
+    score_function: Any = "cos",
+) -> list[list[dict[str, int | float]]]:
+    """Exact semantic search with sentence-transformers' ``util.semantic_search`` result shape.
+
+    Args:
+        query_embeddings: (nq, dim) or (dim,) float numpy array or CPU tensor.
+        corpus_embeddings: (n, dim) float numpy array or CPU tensor, n >= 1.
+        top_k: results per query; capped at n as sentence-transformers does.
+        score_function: "cos" or "dot", or sentence-transformers' ``util.cos_sim`` /
+            ``util.dot_score`` (recognised by name).
+
+    Returns:
+        One list per query of ``{"corpus_id": int, "score": float}`` dicts, best first (ties toward
+        the lower corpus id).
+    """
+    from embedcore.ops.search import search
+
+    name = getattr(score_function, "__name__", score_function)
+    metric = {"cos": "cos", "cos_sim": "cos", "dot": "dot", "dot_score": "dot"}.get(name)
+    if metric is None:
+        raise ValueError(
+            f"Invalid score_function {score_function!r}; valid: 'cos', 'dot', util.cos_sim, util.dot_score"
+        )
+    check_array(corpus_embeddings, "corpus_embeddings")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if corpus_embeddings.ndim != 2 or corpus_embeddings.shape[0] == 0:
+        raise ValueError(
+            f"corpus_embeddings must be (n, dim) with n >= 1, got shape {tuple(corpus_embeddings.shape)}"
+        )
+    check_array(query_embeddings, "query_embeddings")
+    q = cpu_numpy(query_embeddings, "query_embeddings")
+    if q.ndim == 1:
+        q = q[None, :]
+    c = cpu_numpy(corpus_embeddings, "corpus_embeddings")
+    scores, indices = search(q, c, min(int(top_k), len(c)), metric)
+    return [
+        [{"corpus_id": int(i), "score": float(s)} for s, i in zip(srow, irow)]
+        for srow, irow in zip(scores.tolist(), indices.tolist())
+    ]
