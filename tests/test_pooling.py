@@ -302,3 +302,197 @@ def test_bad_input():
         ec.pool_varlen(packed, torch.tensor([0, 2, 4], dtype=torch.int32), 1)
     with pytest.raises(TypeError, match="cu_seqlens must be int32"):
         ec.pool_varlen(packed, torch.tensor([0.0, 4.0]), 4)
+
+
+# ------------------------------------------------------------------ Triton kernels (interpreted on CPU)
+
+triton = pytest.importorskip("triton")
+KERNEL_MODES = [*MODES, ("cls", "mean", "max"), ("lasttoken", "weightedmean", "mean_sqrt_len_tokens")]
+# (precision, the atol of the float comparison before quantizing)
+PRECISION_CASES = ["float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary"]
+
+
+def _kernel(*args, **kwargs):
+    return ec.pool(*args, backend="triton", **kwargs)
+
+
+def _check_precision_output(got, reference_float, precision, ranges, atol):
+    if precision == "float32":
+        assert_close(got, reference_float, atol=atol, name=precision)
+    elif precision in ("float16", "bfloat16"):
+        assert got.dtype == getattr(torch, precision)
+        # One rounding to the output dtype: at most one unit in the last place apart from the reference's.
+        ulp = 2.0**-10 if precision == "float16" else 2.0**-7
+        assert_close(got.float(), reference_float, atol=atol, rtol=ulp, name=precision)
+    else:
+        assert_codes_match(got.numpy(), reference_float.numpy(), precision,
+                           None if ranges is None else np.asarray(ranges), atol=atol)
+
+
+def test_cpu_default_is_the_reference_not_the_interpreter(monkeypatch):
+    import embedcore.kernels.pooling as kp
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the interpreter ran for a CPU tensor without backend='triton'")
+
+    monkeypatch.setattr(kp, "pool_fwd", boom)
+    monkeypatch.setattr(kp, "pool_varlen_fwd", boom)
+    monkeypatch.setattr(kp, "quantize_fwd", boom)
+    hidden, mask = _batch(2, 3, 8, "right")
+    ec.pool(hidden, mask, precision="binary")
+    ec.pool_varlen(hidden[0], torch.tensor([0, 3], dtype=torch.int32), 3)
+    ec.quantize(hidden[0], "int8")
+    with pytest.raises(AssertionError, match="interpreter ran"):
+        ec.pool(hidden, mask, backend="triton")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+def test_kernel_matches_reference_fp32(side, mode):
+    hidden, mask = _batch(5, 7, 37, side, seed=11)
+    expected = ec.pool(hidden, mask, mode)
+    assert_close(_kernel(hidden, mask, mode), expected, atol=1e-5, rtol=1e-5, name=str(mode))
+
+
+def _naive_pool(hidden, mask, mode):
+    """Naive PyTorch at the input dtype: sentence-transformers' modules (which keep the input dtype),
+    and the absolute-weight mean written the same way."""
+    out = []
+    for m in (mode,) if isinstance(mode, str) else mode:
+        if m == "weightedmean_absolute":
+            w = (torch.arange(1, hidden.shape[1] + 1) * mask).to(hidden.dtype).unsqueeze(-1)
+            out.append((hidden * w).sum(1) / w.sum(1))
+        else:
+            out.append(_st_pool(hidden, mask, m))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+def test_kernel_half_error_at_most_twice_naive_torch(dtype, mode):
+    hidden, mask = _batch(6, 9, 40, "left", seed=12, dtype=dtype)
+    reference = ec.pool(hidden, mask, mode).double()  # fp32 accumulation of the same tokens
+    naive = _naive_pool(hidden, mask, mode).double()
+    err_naive = (naive - reference).abs().max().item()
+    err_kernel = (_kernel(hidden, mask, mode, precision=str(dtype).removeprefix("torch.")).double()
+                  - reference).abs().max().item()
+    assert err_kernel <= 2 * err_naive, f"{mode}: kernel error {err_kernel:.3e} > 2 x naive {err_naive:.3e}"
+
+
+@pytest.mark.parametrize("precision", PRECISION_CASES)
+@pytest.mark.parametrize(
+    ("normalize", "td", "renorm"),
+    [(False, None, False), (True, None, False), (True, 21, True), (False, 40, True), (True, 33, False)],
+)
+def test_kernel_chain_and_precisions(precision, normalize, td, renorm):
+    modes = ("mean", "max")
+    hidden, mask = _batch(9, 6, 24, "left", seed=13)
+    g = torch.Generator().manual_seed(14)
+    pool_mask = (torch.rand(9, 6, generator=g) > 0.2).long()
+    pool_mask[3] = 0  # a row that pools nothing: zero vector, zero codes' bucket
+    kwargs = dict(pool_mask=pool_mask, normalize=normalize, truncate_dim=td, normalize_after_truncate=renorm)
+    reference = ec.pool(hidden, mask, modes, **kwargs)
+    ranges = None
+    if precision in ("int8", "uint8"):
+        ranges = ec.quantization_ranges(reference[:5])  # rows 5.. fall partly outside: clipping
+    got = _kernel(hidden, mask, modes, precision=precision, ranges=ranges, **kwargs)
+    _check_precision_output(got, reference, precision, ranges, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", PRECISION_CASES)
+def test_kernel_split_path_matches_reference(precision):
+    # block_h smaller than H: programs split H, the fp32 pooled rows go through the epilogue kernel.
+    from embedcore.kernels.pooling import pool_fwd
+    from embedcore.ops.pooling import pool_reference
+
+    hidden, mask = _batch(4, 5, 50, "right", seed=15)
+    att = mask.bool()
+    modes = ("weightedmean", "cls", "lasttoken")
+    ranges = None
+    if precision in ("int8", "uint8"):
+        ranges = ec.quantization_ranges(ec.pool(hidden, mask, modes, normalize=True, truncate_dim=131))
+    args = (modes, True, 131, True, precision, ranges)
+    got = pool_fwd(hidden, att, None, *args, block_h=16)
+    reference = pool_reference(hidden, att, att, *args[:4], "float32", None)
+    _check_precision_output(got, reference, precision, ranges, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["binary", "ubinary"])
+def test_kernel_sign_bits_across_mode_boundary(precision):
+    # H = 13: the byte holding dims 8..15 takes 5 bits of the first mode and 3 of the second.
+    hidden, mask = _batch(5, 4, 13, "left", seed=16)
+    reference = ec.pool(hidden, mask, ("max", "mean"), truncate_dim=23)
+    got = _kernel(hidden, mask, ("max", "mean"), truncate_dim=23, precision=precision)
+    _check_precision_output(got, reference, precision, None, atol=1e-5)
+
+
+@pytest.mark.parametrize(("B", "T", "H"), [(3, 5, 384), (2, 4, 1000), (2, 3, 4096), (1, 1, 1), (1, 9, 7)])
+def test_kernel_odd_shapes(B, T, H):
+    hidden, mask = _batch(B, T, H, "left", seed=17)
+    modes = ("cls", "mean", "max", "weightedmean")
+    reference = ec.pool(hidden, mask, modes, normalize=True)
+    assert_close(_kernel(hidden, mask, modes, normalize=True), reference, atol=1e-5, name=f"{B}x{T}x{H}")
+    codes = _kernel(hidden, mask, modes, normalize=True, precision="ubinary")
+    _check_precision_output(codes, reference, "ubinary", None, atol=1e-5)
+
+
+def test_kernel_strided_inputs_and_batch_invariance():
+    big, mask = _batch(6, 8, 20, "left", seed=18)
+    hidden = big[:, 1:, :]  # rows and tokens strided, hidden dim contiguous
+    m = mask[:, 1:].clone()
+    m[:, -1] = 1
+    reference = ec.pool(hidden, m, ("mean", "lasttoken"))
+    got = _kernel(hidden, m, ("mean", "lasttoken"))
+    assert_close(got, reference, atol=1e-5, name="strided")
+    transposed = hidden.transpose(1, 2).contiguous().transpose(1, 2)  # hidden dim not contiguous
+    assert torch.equal(_kernel(transposed, m, ("mean", "lasttoken")), got)
+    alone = torch.cat([_kernel(hidden[i:i + 1], m[i:i + 1], ("mean", "lasttoken")) for i in range(6)])
+    assert torch.equal(alone, got), "a row alone and inside the batch must give the same vector"
+
+
+@pytest.mark.parametrize("with_pool_mask", [False, True])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "binary"])
+def test_kernel_varlen_matches_reference(with_pool_mask, precision):
+    hidden, mask = _batch(6, 7, 19, "right", seed=19)
+    lengths = mask.sum(1)
+    cu = torch.zeros(7, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    packed = hidden[mask.bool()]
+    pool_mask = None
+    if with_pool_mask:
+        pool_mask = (torch.arange(packed.shape[0]) % 4 != 1).to(torch.int64)
+        pool_mask[cu[1]:cu[2]] = 0  # the length-1 sequence pools nothing
+    kwargs = dict(pool_mask=pool_mask, normalize=True, truncate_dim=30)
+    reference = ec.pool_varlen(packed, cu, 7, MODES, **kwargs)
+    ranges = ec.quantization_ranges(reference) if precision == "int8" else None
+    got = ec.pool_varlen(packed, cu, 7, MODES, precision=precision, ranges=ranges, backend="triton", **kwargs)
+    _check_precision_output(got, reference, precision, ranges, atol=1e-5)
+    from embedcore.kernels.pooling import pool_varlen_fwd
+
+    ranges_t = None if ranges is None else torch.as_tensor(ranges)
+    pooled = None if pool_mask is None else pool_mask.bool()
+    split = pool_varlen_fwd(packed, cu, 7, pooled, MODES, True, 30, False, precision, ranges_t, block_h=8)
+    _check_precision_output(split, reference, precision, ranges, atol=1e-5)
+
+
+def test_kernel_empty_batch_and_bool_masks():
+    out = _kernel(torch.zeros(0, 3, 16), torch.zeros(0, 3, dtype=torch.bool), precision="binary")
+    assert out.shape == (0, 2) and out.dtype == torch.int8
+    hidden, mask = _batch(3, 4, 9, "right", seed=20)
+    got = _kernel(hidden, mask.bool(), "max", pool_mask=mask.bool())
+    assert torch.equal(got, _kernel(hidden, mask, "max"))
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "int8", "uint8", "binary", "ubinary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_quantize_kernel_equals_sentence_transformers(precision, dtype):
+    g = torch.Generator().manual_seed(21)
+    x = (torch.randn(11, 1000, generator=g) * torch.rand(1000, generator=g)).to(dtype)
+    x[:, ::9] = 0.0
+    ranges = ec.quantization_ranges(x[:6]) if precision in ("int8", "uint8") else None
+    got = ec.quantize(x, precision, ranges=ranges, backend="triton")
+    expected = ec.quantize(x, precision, ranges=ranges, backend="reference")
+    assert torch.equal(got, expected)
+    if precision not in ("float16", "bfloat16"):
+        st_ranges = None if ranges is None else ranges.numpy()
+        np.testing.assert_array_equal(got.numpy(), quantize_embeddings(x, precision, ranges=st_ranges))
