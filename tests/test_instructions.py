@@ -1,16 +1,25 @@
-"""tokenize_with_instructions: the pooled tokens are exactly the text's, with the boundary taken from the
-tokenizer's offsets (WordPiece and byte-level BPE), for both padding sides."""
+"""Instruction-aware embedding inputs and pooling for LLM embedders.
+
+tokenize_with_instructions: the pooled tokens are exactly the text's, with the boundary taken from the
+tokenizer's offsets (WordPiece and byte-level BPE), for both padding sides. LatentAttentionPooling:
+equal to a transcription of NV-Embed's LatentAttentionModel, loaded from its state dict and from a
+sharded safetensors checkpoint folder."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
 import torch
 import transformers
+from torch import nn
 
 from embedcore.models.instructions import tokenize_with_instructions
+from embedcore.models.latent_attention import LatentAttentionPooling
+
+from helpers import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +123,166 @@ def test_bad_input(wordpiece):
         tokenize_with_instructions(wordpiece, [])
     with pytest.raises(ValueError, match="padding_side"):
         tokenize_with_instructions(wordpiece, ["x"], padding_side="middle")
+
+
+# ---------------------------------------------------------------------------------------------------
+# NV-Embed latent-attention pooling
+
+D, LATENTS, HEADS, DIM_HEAD = 48, 16, 4, 24
+
+
+class _NVPreNorm(nn.Module):
+    def __init__(self, dim, fn, context_dim=None):
+        super().__init__()
+        self.fn, self.norm = fn, nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(context_dim) if context_dim is not None else None
+
+    def forward(self, x, **kwargs):
+        x = self.norm(x)
+        if self.norm_context is not None:
+            kwargs.update(context=self.norm_context(kwargs["context"]))
+        return self.fn(x, **kwargs)
+
+
+class _NVGEGLU(nn.Module):
+    def forward(self, x):
+        x, gates = x.chunk(2, dim=-1)
+        return x * torch.nn.functional.gelu(gates)
+
+
+class _NVFeedForward(nn.Module):
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), _NVGEGLU(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class _NVAttention(nn.Module):
+    def __init__(self, query_dim, context_dim, heads, dim_head):
+        super().__init__()
+        inner = dim_head * heads
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, query_dim, bias=False)
+
+    def forward(self, x, context=None, mask=None):
+        h = self.heads
+        q = self.to_q(x)
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+
+        def split(t):  # 'b n (h d) -> (b h) n d'
+            b, n, _ = t.shape
+            return t.reshape(b, n, h, -1).permute(0, 2, 1, 3).reshape(b * h, n, -1)
+
+        out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+        b, n = x.shape[:2]
+        out = out.reshape(b, h, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)  # '(b h) n d -> b n (h d)'
+        return self.to_out(out)
+
+
+class NVEmbedLatentAttention(nn.Module):
+    """NV-Embed-v2 ``LatentAttentionModel.forward``, transcribed (einops replaced by reshapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cross_attend_blocks = nn.ModuleList([
+            _NVPreNorm(D, _NVAttention(D, D, HEADS, DIM_HEAD), context_dim=D),
+            _NVPreNorm(D, _NVFeedForward(D)),
+        ])
+        self.output_normalize = True
+        self.register_parameter("latents", nn.Parameter(torch.randn(LATENTS, D)))
+
+    def forward(self, hiddens, attention_mask):
+        cross_attn, cross_ff = self.cross_attend_blocks
+        x = self.latents.expand(hiddens.shape[0], -1, -1)
+        hiddens = cross_attn(hiddens, context=x, mask=None) + hiddens
+        hiddens = cross_ff(hiddens) + hiddens
+        s = torch.sum(hiddens * attention_mask.unsqueeze(-1).float(), dim=1)
+        d = attention_mask.sum(dim=1, keepdim=True).float()
+        return torch.nn.functional.normalize(s / d, p=2, dim=-1)
+
+
+@pytest.fixture(scope="module")
+def nv():
+    torch.manual_seed(0)
+    model = NVEmbedLatentAttention().eval()
+    with torch.no_grad():  # non-trivial norms, so a swapped LayerNorm would show
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def latent_inputs(side: str):
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 9, D, generator=g)
+    lengths = [9, 4, 1]
+    pool = torch.zeros(3, 9, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if side == "left":
+            pool[b, 9 - n :] = True
+        else:
+            pool[b, :n] = True
+    pool[0, :3] = False  # an instruction prefix that is read but not pooled
+    return hidden, pool
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_matches_nv_embed_from_state_dict(nv, side):
+    state = {f"latent_attention_model.{k}": v for k, v in nv.state_dict().items()}
+    state["embedding_model.layers.0.weight"] = torch.zeros(2)  # other checkpoint keys are ignored
+    ours = LatentAttentionPooling.from_state_dict(state, heads=HEADS).eval()
+    assert ours.latents.shape == (LATENTS, D)
+    assert ours.cross_attend_blocks[0].fn.to_q.out_features == HEADS * DIM_HEAD
+    hidden, pool = latent_inputs(side)
+    # Tokens outside pool_mask (padding, instruction) carry garbage: it must not matter.
+    hidden = hidden.masked_fill(~pool[..., None], 1e4)
+    with torch.no_grad():
+        expected = nv(hidden, pool.long())
+        actual = ours(hidden, pool)
+    assert actual.shape == (3, D)
+    assert_close(actual, expected, atol=1e-5, rtol=1e-5, name="latent attention pooling")
+
+
+def test_from_pretrained_sharded_folder(nv, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {f"latent_attention_model.{k}": v.contiguous() for k, v in nv.state_dict().items()}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    weight_map = {}
+    for file, names in shards.items():
+        save_file({k: state[k] for k in names}, str(tmp_path / file))
+        weight_map.update(dict.fromkeys(names, file))
+    weight_map["embedding_model.norm.weight"] = "model-00003-of-00003.safetensors"  # never opened
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"latent_attention_config": {"num_cross_heads": HEADS, "output_normalize": True}}
+    ))
+    ours = LatentAttentionPooling.from_pretrained(tmp_path)
+    hidden, pool = latent_inputs("right")
+    with torch.no_grad():
+        expected = nv(hidden, pool.long())
+        assert_close(ours(hidden, pool), expected, atol=1e-5, rtol=1e-5, name="from_pretrained")
+
+
+def test_latent_attention_bad_input(nv):
+    ours = LatentAttentionPooling(D, LATENTS, HEADS, DIM_HEAD)
+    hidden, pool = latent_inputs("right")
+    pool[2] = False
+    with pytest.raises(ValueError, match=r"rows \[2\] select no token"):
+        ours(hidden, pool)
+    with pytest.raises(ValueError, match="pool_mask must be"):
+        ours(hidden, pool[:, :4])
+    with pytest.raises(ValueError, match="hidden has dim"):
+        ours(hidden[..., :8])
+    with pytest.raises(ValueError, match=r"no latent_attention_model\.latents"):
+        LatentAttentionPooling.from_state_dict({"x": torch.zeros(1)})
+    state = {f"latent_attention_model.{k}": v for k, v in nv.state_dict().items()}
+    with pytest.raises(ValueError, match="heads=5"):
+        LatentAttentionPooling.from_state_dict(state, heads=5)
