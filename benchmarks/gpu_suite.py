@@ -205,7 +205,7 @@ class Suite:
 
             call()
             samples = []
-            for _ in range(3):
+            for _ in range(2):
                 t0 = time.perf_counter()
                 call()
                 samples.append(time.perf_counter() - t0)
