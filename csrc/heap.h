@@ -14,17 +14,23 @@
 
 namespace embedcore {
 
-// Larger values rank first (similarities).
+// Larger values rank first (similarities). worst() is -inf for floats, the lowest value for integers.
 template <typename T>
 struct RankLargest {
-  static constexpr T worst() { return -std::numeric_limits<T>::infinity(); }
+  static constexpr T worst() {
+    if constexpr (std::numeric_limits<T>::has_infinity) return -std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::lowest();
+  }
   static bool better(T a, int64_t ia, T b, int64_t ib) { return a > b || (a == b && ia < ib); }
 };
 
-// Smaller values rank first (distances).
+// Smaller values rank first (distances). worst() is +inf for floats, the largest value for integers.
 template <typename T>
 struct RankSmallest {
-  static constexpr T worst() { return std::numeric_limits<T>::infinity(); }
+  static constexpr T worst() {
+    if constexpr (std::numeric_limits<T>::has_infinity) return std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::max();
+  }
   static bool better(T a, int64_t ia, T b, int64_t ib) { return a < b || (a == b && ia < ib); }
 };
 

@@ -20,6 +20,22 @@ struct KernelTable {
   int32_t (*dot_i8)(const int8_t* a, const int8_t* b, size_t d);
   // Number of differing bits between two packed bit strings of `nbytes` bytes.
   uint32_t (*hamming)(const uint8_t* a, const uint8_t* b, size_t nbytes);
+
+  // Score tiles of the fused search: nq queries (rows of q, stride d) against nr consecutive corpus
+  // rows (stride d), written to out[i * nr + j]. Every (query, row) score is computed by the same
+  // instruction sequence wherever the pair falls in a tile, so results do not depend on tiling or
+  // on the number of threads.
+  void (*tile_dot_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
+  void (*tile_l2_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
+  void (*tile_dot_i8)(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out);
+  void (*tile_hamming)(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nbytes,
+                       int32_t* out);
+  // Widens nr rows of 16-bit floats (IEEE half or bfloat16) to float32: dst[j * d + t].
+  void (*rows_f16_to_f32)(const uint16_t* src, int64_t nr, int64_t d, float* dst);
+  void (*rows_bf16_to_f32)(const uint16_t* src, int64_t nr, int64_t d, float* dst);
+  // Dequantises nr rows of int8 codes: dst[j * d + t] = offset[t] + scale[t] * src[j * d + t].
+  void (*rows_i8_affine_to_f32)(const int8_t* src, int64_t nr, int64_t d, const float* offset,
+                                const float* scale, float* dst);
 };
 
 const KernelTable& scalar_kernels();

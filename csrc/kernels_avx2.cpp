@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "tile_grid.h"
 
 namespace embedcore {
 namespace {
@@ -79,10 +80,169 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   return uint32_t(s);
 }
 
+
+// ---- search tiles -------------------------------------------------------------------------------
+// A micro-kernel scores QN queries against RN corpus rows with one accumulator per pair: the same
+// sequence of instructions for a pair whatever QN and RN are, so tiling never changes a score.
+
+// maskload masks: kMaskTable + 8 - rem selects the first `rem` lanes.
+alignas(64) constexpr int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+inline __m256i tail_mask8(int64_t rem) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
+}
+
+template <int QN, int RN, bool L2>
+inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
+  __m256 acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
+  auto fold = [&](int a, int b, __m256 qv, __m256 cv) {
+    if constexpr (L2) {
+      const __m256 diff = _mm256_sub_ps(qv, cv);
+      acc[a][b] = _mm256_fmadd_ps(diff, diff, acc[a][b]);
+    } else {
+      acc[a][b] = _mm256_fmadd_ps(qv, cv, acc[a][b]);
+    }
+  };
+  const int64_t dfull = d & ~int64_t(7);
+  for (int64_t t = 0; t < dfull; t += 8) {
+    __m256 cv[RN];
+    for (int b = 0; b < RN; ++b) cv[b] = _mm256_loadu_ps(c + b * d + t);
+    for (int a = 0; a < QN; ++a) {
+      const __m256 qv = _mm256_loadu_ps(q + a * d + t);
+      for (int b = 0; b < RN; ++b) fold(a, b, qv, cv[b]);
+    }
+  }
+  if (d > dfull) {  // masked tail: zeros beyond d, no read past the end
+    const __m256i m = tail_mask8(d - dfull);
+    __m256 cv[RN];
+    for (int b = 0; b < RN; ++b) cv[b] = _mm256_maskload_ps(c + b * d + dfull, m);
+    for (int a = 0; a < QN; ++a) {
+      const __m256 qv = _mm256_maskload_ps(q + a * d + dfull, m);
+      for (int b = 0; b < RN; ++b) fold(a, b, qv, cv[b]);
+    }
+  }
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) out[a * ld + b] = hsum256(acc[a][b]);
+}
+
+template <bool L2>
+void tile_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
+}
+
+void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<false>(q, nq, c, nr, d, out);
+}
+
+void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<true>(q, nq, c, nr, d, out);
+}
+
+// int8: sign-extend 16 bytes to int16 lanes and madd pairs into int32 (exact); scalar tail.
+template <int QN, int RN>
+inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, int64_t ld) {
+  __m256i acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_si256();
+  const int64_t dfull = d & ~int64_t(15);
+  for (int64_t t = 0; t < dfull; t += 16) {
+    __m256i cv[RN];
+    for (int b = 0; b < RN; ++b)
+      cv[b] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + b * d + t)));
+    for (int a = 0; a < QN; ++a) {
+      const __m256i qv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + a * d + t)));
+      for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_add_epi32(acc[a][b], _mm256_madd_epi16(qv, cv[b]));
+    }
+  }
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) {
+      int32_t s = hsum256_epi32(acc[a][b]);
+      for (int64_t t = dfull; t < d; ++t) s += int32_t(q[a * d + t]) * int32_t(c[b * d + t]);
+      out[a * ld + b] = s;
+    }
+}
+
+void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_i8<decltype(qn)::value, decltype(rn)::value>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
+}
+
+// Hamming: 64-bit POPCNT over words, four corpus rows per query word load; exact.
+template <int RN>
+inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out) {
+  uint64_t acc[RN] = {};
+  int64_t t = 0;
+  for (; t + 8 <= nb; t += 8) {
+    uint64_t x;
+    __builtin_memcpy(&x, q + t, 8);
+    for (int b = 0; b < RN; ++b) {
+      uint64_t y;
+      __builtin_memcpy(&y, c + b * nb + t, 8);
+      acc[b] += uint64_t(_mm_popcnt_u64(x ^ y));
+    }
+  }
+  for (; t < nb; ++t)
+    for (int b = 0; b < RN; ++b) acc[b] += uint64_t(_mm_popcnt_u32(unsigned(q[t] ^ c[b * nb + t])));
+  for (int b = 0; b < RN; ++b) out[b] = int32_t(acc[b]);
+}
+
+void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  for (int64_t i = 0; i < nq; ++i) {
+    int64_t j = 0;
+    for (; j + 4 <= nr; j += 4) micro_hamming<4>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+    for (; j < nr; ++j) micro_hamming<1>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+  }
+}
+
+__attribute__((target("f16c"))) void rows_f16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  const int64_t n = nr * d;
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8)
+    _mm256_storeu_ps(dst + t, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + t))));
+  for (; t < n; ++t) dst[t] = _cvtsh_ss(src[t]);
+}
+
+void rows_bf16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  const int64_t n = nr * d;
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + t)));
+    _mm256_storeu_ps(dst + t, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+  }
+  for (; t < n; ++t) {
+    const uint32_t bits = uint32_t(src[t]) << 16;
+    __builtin_memcpy(dst + t, &bits, 4);
+  }
+}
+
+void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float* offset, const float* scale,
+                           float* dst) {
+  for (int64_t j = 0; j < nr; ++j) {
+    const int8_t* s = src + j * d;
+    float* o = dst + j * d;
+    int64_t t = 0;
+    for (; t + 8 <= d; t += 8) {
+      int64_t raw;
+      __builtin_memcpy(&raw, s + t, 8);
+      const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
+      _mm256_storeu_ps(o + t, _mm256_fmadd_ps(_mm256_loadu_ps(scale + t), x, _mm256_loadu_ps(offset + t)));
+    }
+    for (; t < d; ++t) o[t] = offset[t] + scale[t] * float(s[t]);
+  }
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{Isa::kAvx2, dot_f32, l2sq_f32, dot_i8, hamming};
+  static const KernelTable table{Isa::kAvx2,      dot_f32,         l2sq_f32,
+                                 dot_i8,          hamming,         tile_dot_f32,
+                                 tile_l2_f32,     tile_dot_i8,     tile_hamming,
+                                 rows_f16_to_f32, rows_bf16_to_f32, rows_i8_affine_to_f32};
   return table;
 }
 

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "tile_grid.h"
 
 namespace embedcore {
 namespace {
@@ -73,10 +74,212 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   return uint32_t(_mm512_reduce_add_epi64(acc));
 }
 
+
+// ---- search tiles -------------------------------------------------------------------------------
+// A micro-kernel scores QN queries against RN corpus rows with one accumulator per pair: the same
+// sequence of instructions for a pair whatever QN and RN are, so tiling never changes a score.
+
+inline __mmask16 tail_mask16(int64_t rem) { return __mmask16((1u << rem) - 1u); }
+
+template <int QN, int RN, bool L2>
+inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
+  __m512 acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_ps();
+  const int64_t dfull = d & ~int64_t(15);
+  auto step = [&](int64_t t, __mmask16 m) {
+    __m512 cv[RN];
+    for (int b = 0; b < RN; ++b) cv[b] = _mm512_maskz_loadu_ps(m, c + b * d + t);
+    for (int a = 0; a < QN; ++a) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + a * d + t);
+      for (int b = 0; b < RN; ++b) {
+        if constexpr (L2) {
+          const __m512 diff = _mm512_sub_ps(qv, cv[b]);
+          acc[a][b] = _mm512_fmadd_ps(diff, diff, acc[a][b]);
+        } else {
+          acc[a][b] = _mm512_fmadd_ps(qv, cv[b], acc[a][b]);
+        }
+      }
+    }
+  };
+  for (int64_t t = 0; t < dfull; t += 16) step(t, __mmask16(0xFFFF));
+  if (d > dfull) step(dfull, tail_mask16(d - dfull));
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) out[a * ld + b] = _mm512_reduce_add_ps(acc[a][b]);
+}
+
+template <bool L2>
+void tile_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
+}
+
+void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<false>(q, nq, c, nr, d, out);
+}
+
+void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<true>(q, nq, c, nr, d, out);
+}
+
+inline __mmask32 tail_mask32(int64_t rem) { return __mmask32((uint64_t(1) << rem) - 1u); }
+inline __mmask64 tail_mask64(int64_t rem) {
+  return rem >= 64 ? ~__mmask64(0) : __mmask64((uint64_t(1) << rem) - 1u);
+}
+
+// int8 dot without VNNI: sign-extend 32 bytes to int16, madd pairs into int32 (exact).
+template <int QN, int RN>
+inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, int64_t ld) {
+  __m512i acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_si512();
+  const int64_t dfull = d & ~int64_t(31);
+  auto step = [&](int64_t t, __mmask32 m) {
+    __m512i cv[RN];
+    for (int b = 0; b < RN; ++b) cv[b] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, c + b * d + t));
+    for (int a = 0; a < QN; ++a) {
+      const __m512i qv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, q + a * d + t));
+      for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_add_epi32(acc[a][b], _mm512_madd_epi16(qv, cv[b]));
+    }
+  };
+  for (int64_t t = 0; t < dfull; t += 32) step(t, ~__mmask32(0));
+  if (d > dfull) step(dfull, tail_mask32(d - dfull));
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]);
+}
+
+// int8 dot with VNNI: dpbusd multiplies unsigned by signed bytes, so the query is shifted to
+// q + 128 (an XOR of the sign bit) and 128 * sum(c) is subtracted at the end (exact in int32).
+template <int QN, int RN>
+__attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
+                                                                int32_t* out, int64_t ld) {
+  __m512i acc[QN][RN], csum[RN];
+  for (int b = 0; b < RN; ++b) {
+    csum[b] = _mm512_setzero_si512();
+    for (int a = 0; a < QN; ++a) acc[a][b] = _mm512_setzero_si512();
+  }
+  const __m512i sign = _mm512_set1_epi8(char(0x80));
+  const __m512i ones = _mm512_set1_epi8(1);
+  const int64_t dfull = d & ~int64_t(63);
+  auto step = [&](int64_t t, __mmask64 m) {
+    __m512i cv[RN];
+    for (int b = 0; b < RN; ++b) {
+      cv[b] = _mm512_maskz_loadu_epi8(m, c + b * d + t);
+      csum[b] = _mm512_dpbusd_epi32(csum[b], ones, cv[b]);
+    }
+    for (int a = 0; a < QN; ++a) {
+      const __m512i qv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, q + a * d + t), sign);
+      for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], qv, cv[b]);
+    }
+  };
+  for (int64_t t = 0; t < dfull; t += 64) step(t, ~__mmask64(0));
+  if (d > dfull) step(dfull, tail_mask64(d - dfull));
+  for (int b = 0; b < RN; ++b) {
+    const int32_t shift = 128 * _mm512_reduce_add_epi32(csum[b]);
+    for (int a = 0; a < QN; ++a) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]) - shift;
+  }
+}
+
+template <bool Vnni>
+void tile_dot_i8_impl(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
+    if constexpr (Vnni)
+      micro_i8_vnni<QN, RN>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+    else
+      micro_i8<QN, RN>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
+}
+
+void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  tile_dot_i8_impl<false>(q, nq, c, nr, d, out);
+}
+
+void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  tile_dot_i8_impl<true>(q, nq, c, nr, d, out);
+}
+
+template <int QN, int RN>
+inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
+  __m512i acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_si512();
+  const int64_t full = nb & ~int64_t(63);
+  auto step = [&](int64_t t, __mmask64 m) {
+    __m512i cv[RN];
+    for (int b = 0; b < RN; ++b) cv[b] = _mm512_maskz_loadu_epi8(m, c + b * nb + t);
+    for (int a = 0; a < QN; ++a) {
+      const __m512i qv = _mm512_maskz_loadu_epi8(m, q + a * nb + t);
+      for (int b = 0; b < RN; ++b)
+        acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(_mm512_xor_si512(qv, cv[b])));
+    }
+  };
+  for (int64_t t = 0; t < full; t += 64) step(t, ~__mmask64(0));
+  if (nb > full) step(full, tail_mask64(nb - full));
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) out[a * ld + b] = int32_t(_mm512_reduce_add_epi64(acc[a][b]));
+}
+
+void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_hamming<decltype(qn)::value, decltype(rn)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
+  });
+}
+
+void rows_f16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  const int64_t n = nr * d;
+  int64_t t = 0;
+  for (; t + 16 <= n; t += 16)
+    _mm512_storeu_ps(dst + t, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + t))));
+  if (t < n) {
+    const __mmask16 m = tail_mask16(n - t);
+    _mm512_mask_storeu_ps(dst + t, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + t)));
+  }
+}
+
+void rows_bf16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  const int64_t n = nr * d;
+  int64_t t = 0;
+  auto widen = [](__m256i x) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16)); };
+  for (; t + 16 <= n; t += 16)
+    _mm512_storeu_ps(dst + t, widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + t))));
+  if (t < n) {
+    const __mmask16 m = tail_mask16(n - t);
+    _mm512_mask_storeu_ps(dst + t, m, widen(_mm256_maskz_loadu_epi16(m, src + t)));
+  }
+}
+
+void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float* offset, const float* scale,
+                           float* dst) {
+  for (int64_t j = 0; j < nr; ++j) {
+    const int8_t* s = src + j * d;
+    float* o = dst + j * d;
+    for (int64_t t = 0; t < d; t += 16) {
+      const __mmask16 m = d - t >= 16 ? __mmask16(0xFFFF) : tail_mask16(d - t);
+      const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, s + t)));
+      const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, scale + t), x, _mm512_maskz_loadu_ps(m, offset + t));
+      _mm512_mask_storeu_ps(o + t, m, v);
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table{Isa::kAvx512, dot_f32, l2sq_f32, dot_i8, hamming};
+  static const KernelTable table{Isa::kAvx512,
+                                 dot_f32,
+                                 l2sq_f32,
+                                 dot_i8,
+                                 hamming,
+                                 tile_dot_f32,
+                                 tile_l2_f32,
+                                 // VNNI is not part of the AVX-512 level's requirements: use it when present.
+                                 __builtin_cpu_supports("avx512vnni") ? tile_dot_i8_vnni : tile_dot_i8,
+                                 tile_hamming,
+                                 rows_f16_to_f32,
+                                 rows_bf16_to_f32,
+                                 rows_i8_affine_to_f32};
   return table;
 }
 

@@ -52,10 +52,77 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   return s;
 }
 
+void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = dot_f32(q + i * d, c + j * d, size_t(d));
+}
+
+void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = l2sq_f32(q + i * d, c + j * d, size_t(d));
+}
+
+void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = dot_i8(q + i * d, c + j * d, size_t(d));
+}
+
+void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nbytes,
+                  int32_t* out) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nr; ++j)
+      out[i * nr + j] = int32_t(hamming(q + i * nbytes, c + j * nbytes, size_t(nbytes)));
+}
+
+// IEEE binary16 -> binary32, exact for every input (subnormals, inf, NaN included).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1Fu) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise the mantissa
+    exp = 113;
+    while (!(mant & 0x400u)) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+void rows_f16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  for (int64_t t = 0; t < nr * d; ++t) dst[t] = half_to_float(src[t]);
+}
+
+void rows_bf16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
+  for (int64_t t = 0; t < nr * d; ++t) {
+    const uint32_t bits = uint32_t(src[t]) << 16;
+    __builtin_memcpy(dst + t, &bits, 4);
+  }
+}
+
+void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float* offset,
+                           const float* scale, float* dst) {
+  for (int64_t j = 0; j < nr; ++j)
+    for (int64_t t = 0; t < d; ++t) dst[j * d + t] = offset[t] + scale[t] * float(src[j * d + t]);
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
-  static const KernelTable table{Isa::kScalar, dot_f32, l2sq_f32, dot_i8, hamming};
+  static const KernelTable table{Isa::kScalar,      dot_f32,         l2sq_f32,
+                                 dot_i8,            hamming,         tile_dot_f32,
+                                 tile_l2_f32,       tile_dot_i8,     tile_hamming,
+                                 rows_f16_to_f32,   rows_bf16_to_f32, rows_i8_affine_to_f32};
   return table;
 }
 

@@ -3,13 +3,18 @@
 // call raises instead of reading out of bounds.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <omp.h>
 
+#include <cstdint>
+#include <optional>
 #include <stdexcept>
+#include <tuple>
 #include <string>
 
 #include "cpu_features.h"
 #include "kernels.h"
+#include "search.h"
 #include "topk.h"
 
 namespace py = pybind11;
@@ -76,6 +81,162 @@ py::array pairwise_binding(const std::string& kind, py::array a, py::array b, in
                               "'; valid: dot_f32, l2sq_f32, dot_i8, hamming");
 }
 
+// ---- search ------------------------------------------------------------------------------------
+
+Metric parse_metric(const std::string& name) {
+  if (name == "dot") return Metric::kDot;
+  if (name == "cos") return Metric::kCos;
+  if (name == "l2") return Metric::kL2;
+  throw std::invalid_argument("unknown metric '" + name + "'; valid: dot, cos, l2");
+}
+
+// Checks a (nq, d) query array against an (n, d) corpus array and k; returns (nq, n, d).
+std::tuple<int64_t, int64_t, int64_t> check_search(const py::array& q, const py::array& c, int64_t k) {
+  if (q.ndim() != 2 || c.ndim() != 2) throw std::invalid_argument("queries and corpus must be 2-D");
+  const int64_t nq = q.shape(0), n = c.shape(0), d = q.shape(1);
+  if (c.shape(1) != d)
+    throw std::invalid_argument("corpus has dim " + std::to_string(c.shape(1)) + ", queries have dim " +
+                                std::to_string(d));
+  if (n < 1 || n > int64_t(INT32_MAX)) throw std::invalid_argument("corpus must have 1 to 2^31 - 1 rows");
+  if (d < 1) throw std::invalid_argument("dim must be at least 1");
+  if (k < 1 || k > n)
+    throw std::invalid_argument("k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+  return {nq, n, d};
+}
+
+py::tuple search_float_binding(CArray<float> queries, py::array corpus, const std::string& format,
+                               const std::string& metric, int64_t k, int num_threads,
+                               std::optional<CArray<float>> offset, std::optional<CArray<float>> scale) {
+  const auto [nq, n, d] = check_search(queries, corpus, k);
+  FloatCorpus fc{nullptr, FloatFormat::kF32, nullptr, nullptr};
+  py::array held;  // the corpus, checked to be C-contiguous with the format's element type
+  if (format == "f32") {
+    if (!py::isinstance<CArray<float>>(corpus)) throw std::invalid_argument("f32 corpus must be float32");
+    held = corpus;
+    fc.format = FloatFormat::kF32;
+  } else if (format == "f16" || format == "bf16") {
+    if (!py::isinstance<CArray<uint16_t>>(corpus) && !py::isinstance<CArray<int16_t>>(corpus))
+      throw std::invalid_argument(format + " corpus must be passed as its 16-bit pattern (uint16/int16)");
+    held = corpus;
+    fc.format = format == "f16" ? FloatFormat::kF16 : FloatFormat::kBF16;
+  } else if (format == "i8") {
+    if (!py::isinstance<CArray<int8_t>>(corpus)) throw std::invalid_argument("i8 corpus must be int8");
+    if (!offset || !scale || offset->ndim() != 1 || scale->ndim() != 1 || offset->shape(0) != d ||
+        scale->shape(0) != d)
+      throw std::invalid_argument("i8 corpus needs float32 offset and scale of shape (dim,)");
+    held = corpus;
+    fc.format = FloatFormat::kI8Affine;
+    fc.offset = offset->data();
+    fc.scale = scale->data();
+  } else {
+    throw std::invalid_argument("unknown corpus format '" + format + "'; valid: f32, f16, bf16, i8");
+  }
+  fc.data = held.data();
+  const Metric m = parse_metric(metric);
+  CArray<float> values({nq, k});
+  CArray<int64_t> indices({nq, k});
+  const float* qp = queries.data();
+  float* vout = values.mutable_data();
+  int64_t* iout = indices.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = search_float(qp, nq, fc, n, d, m, k, num_threads, vout, iout);
+  }
+  if (!ok) throw std::invalid_argument("corpus contains NaN or infinity (or a score overflows float32)");
+  return py::make_tuple(values, indices);
+}
+
+py::tuple search_int8_binding(CArray<int8_t> queries, CArray<int8_t> corpus, const std::string& metric,
+                              int64_t k, int num_threads) {
+  const auto [nq, n, d] = check_search(queries, corpus, k);
+  const Metric m = parse_metric(metric);
+  if (d > (m == Metric::kDot ? 131071 : 33025))
+    throw std::invalid_argument("dim " + std::to_string(d) + " is too large for exact int32 int8 " + metric);
+  CArray<int64_t> indices({nq, k});
+  const int8_t* qp = queries.data();
+  const int8_t* cp = corpus.data();
+  int64_t* iout = indices.mutable_data();
+  if (m == Metric::kCos) {
+    CArray<float> values({nq, k});
+    float* vout = values.mutable_data();
+    py::gil_scoped_release release;
+    search_int8(qp, nq, cp, n, d, m, k, num_threads, nullptr, vout, iout);
+    py::gil_scoped_acquire acquire;
+    return py::make_tuple(values, indices);
+  }
+  CArray<int32_t> values({nq, k});
+  int32_t* vout = values.mutable_data();
+  {
+    py::gil_scoped_release release;
+    search_int8(qp, nq, cp, n, d, m, k, num_threads, vout, nullptr, iout);
+  }
+  return py::make_tuple(values, indices);
+}
+
+py::tuple search_hamming_binding(CArray<uint8_t> queries, CArray<uint8_t> corpus, int64_t k, int num_threads) {
+  const auto [nq, n, nbytes] = check_search(queries, corpus, k);
+  CArray<int32_t> values({nq, k});
+  CArray<int64_t> indices({nq, k});
+  const uint8_t* qp = queries.data();
+  const uint8_t* cp = corpus.data();
+  int32_t* vout = values.mutable_data();
+  int64_t* iout = indices.mutable_data();
+  {
+    py::gil_scoped_release release;
+    search_hamming(qp, nq, cp, n, nbytes, k, num_threads, vout, iout);
+  }
+  return py::make_tuple(values, indices);
+}
+
+// Exact top-k over score blocks that arrive one after another (the blocked-GEMM search path).
+class BlockTopK {
+ public:
+  BlockTopK(int64_t nq, int64_t k, bool largest) : nq_(nq), k_(k), largest_(largest), values_({nq, k}),
+                                                   indices_({nq, k}) {
+    if (nq < 0 || k < 1) throw std::invalid_argument("BlockTopK needs nq >= 0 and k >= 1");
+    block_topk_init(values_.mutable_data(), indices_.mutable_data(), nq, k, largest);
+  }
+
+  // scores: (nq, nb) float32, column j is corpus row base + j.
+  void push(CArray<float> scores, int64_t base, int num_threads) {
+    if (finished_) throw std::invalid_argument("BlockTopK.push after result()");
+    if (scores.ndim() != 2 || scores.shape(0) != nq_)
+      throw std::invalid_argument("scores must be (" + std::to_string(nq_) + ", nb)");
+    if (base < 0 || base + scores.shape(1) > int64_t(INT32_MAX) + 1)
+      throw std::invalid_argument("row indices out of range");
+    const float* sp = scores.data();
+    const int64_t nb = scores.shape(1);
+    float* vp = values_.mutable_data();
+    int64_t* ip = indices_.mutable_data();
+    bool ok;
+    {
+      py::gil_scoped_release release;
+      ok = block_topk_push(sp, nq_, nb, base, largest_, k_, num_threads, vp, ip);
+    }
+    if (!ok) throw std::invalid_argument("corpus contains NaN or infinity (or a score overflows float32)");
+    pushed_ += nb;
+  }
+
+  py::tuple result(int num_threads) {
+    if (pushed_ < k_) throw std::invalid_argument("fewer rows pushed than k");
+    if (!finished_) {
+      py::gil_scoped_release release;
+      block_topk_finish(values_.mutable_data(), indices_.mutable_data(), nq_, k_, largest_, num_threads);
+    }
+    finished_ = true;
+    return py::make_tuple(values_, indices_);
+  }
+
+ private:
+  int64_t nq_, k_;
+  bool largest_;
+  CArray<float> values_;
+  CArray<int64_t> indices_;
+  int64_t pushed_ = 0;
+  bool finished_ = false;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -87,6 +248,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads"));
   m.def("pairwise", &pairwise_binding, py::arg("kind"), py::arg("a"), py::arg("b"),
         py::arg("num_threads") = 1);
+
+  m.def("search_float", &search_float_binding, py::arg("queries"), py::arg("corpus"), py::arg("format"),
+        py::arg("metric"), py::arg("k"), py::arg("num_threads"), py::arg("offset") = py::none(),
+        py::arg("scale") = py::none(),
+        "Fused exact top-k of float32 queries against a float32/f16/bf16/dequantised-int8 corpus.");
+  m.def("search_int8", &search_int8_binding, py::arg("queries"), py::arg("corpus"), py::arg("metric"),
+        py::arg("k"), py::arg("num_threads"), "Fused exact top-k of int8 queries against int8 codes.");
+  m.def("search_hamming", &search_hamming_binding, py::arg("queries"), py::arg("corpus"), py::arg("k"),
+        py::arg("num_threads"), "Fused exact top-k (smallest Hamming distance) over packed bits.");
+  py::class_<BlockTopK>(m, "BlockTopK")
+      .def(py::init<int64_t, int64_t, bool>(), py::arg("nq"), py::arg("k"), py::arg("largest"))
+      .def("push", &BlockTopK::push, py::arg("scores"), py::arg("base"), py::arg("num_threads"))
+      .def("result", &BlockTopK::result, py::arg("num_threads"));
 
   m.def("isa", []() { return std::string(isa_name(active_kernels().isa)); },
         "The ISA level of the kernels in use.");

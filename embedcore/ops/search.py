@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from embedcore import _backend
 from embedcore._arrays import check_array, is_tensor
 
 Metric = Literal["dot", "cos", "l2", "hamming"]
@@ -41,6 +42,13 @@ _ASCENDING = ("l2", "hamming")
 MAX_CORPUS = 2**31 - 1
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 _NORM_EPS = 1e-12
+# int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
+_INT8_L2_MAX_DIM = 33025
+_INT8_DOT_MAX_DIM = 131071
+# Float dot/cos with at least this many queries runs as blocked GEMM + native top-k.
+_GEMM_MIN_QUERIES = 32
+# Scores per GEMM tile (nq x block rows): about 1 MiB, so the tile stays in L2 for the top-k pass.
+_GEMM_TILE_SCORES = 1 << 18
 
 
 def _dtype_name(x: Any) -> str:
@@ -144,6 +152,216 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _check_finite(x: np.ndarray, name: str) -> None:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+
+
+def _float32_queries(q: Any, metric: str) -> np.ndarray:
+    """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12)."""
+    q = _to_numpy(q, "queries")
+    _check_finite(q, "queries")
+    if metric == "cos":
+        q64 = q.astype(np.float64)
+        q = q64 / np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), _NORM_EPS)
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def _native_corpus(corpus: Any) -> tuple[np.ndarray, str]:
+    """The corpus as ``_C.search_float`` reads it: (array, format); 16-bit floats as bit patterns."""
+    if is_tensor(corpus):
+        import torch
+
+        t = corpus.detach().contiguous()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            return t.view(torch.int16).numpy(), "f16" if t.dtype == torch.float16 else "bf16"
+        corpus = t.numpy()
+    c = np.ascontiguousarray(corpus)
+    if c.dtype == np.float16:
+        return c.view(np.uint16), "f16"
+    if c.dtype == np.int8:
+        return c, "i8"
+    return np.ascontiguousarray(c, dtype=np.float32), "f32"
+
+
+def _search_native(
+    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """CPU search in ``embedcore._C``: the fused scan, or blocked GEMM + native top-k for large
+    float query batches."""
+    native = _backend.require_native()
+    threads = _backend.num_threads()
+    if kind == "hamming":
+        q = _to_numpy(queries, "queries").view(np.uint8)
+        c = _to_numpy(corpus, "corpus").view(np.uint8)  # binary: XOR cancels the shared -128 shift
+        return native.search_hamming(q, c, k, threads)
+    if kind == "int8":
+        q, c = _to_numpy(queries, "queries"), _to_numpy(corpus, "corpus")
+        return native.search_int8(q, c, metric, k, threads)
+    q = _float32_queries(queries, metric)
+    c, fmt = _native_corpus(corpus)
+    offset = scale = None
+    if kind == "int8_asym":
+        offset64, scale64 = _int8_affine(ranges)
+        offset, scale = offset64.astype(np.float32), scale64.astype(np.float32)
+    if metric != "l2" and len(q) >= _GEMM_MIN_QUERIES:
+        return _search_gemm(q, c, fmt, k, metric, offset, scale, threads)
+    return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
+
+
+def _search_gemm(
+    q: np.ndarray, c: np.ndarray, fmt: str, k: int, metric: str,
+    offset: np.ndarray | None, scale: np.ndarray | None, threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """dot/cos for many queries: torch.mm (BLAS) on cache-sized corpus blocks, each block's scores
+    pushed into native per-query heaps. Only a (nq, block) score tile ever exists."""
+    import torch
+
+    native = _backend.require_native()
+    qt = torch.from_numpy(q)
+    ct = torch.from_numpy(c)
+    if fmt in ("f16", "bf16"):
+        ct = ct.view(torch.float16 if fmt == "f16" else torch.bfloat16)
+    n = ct.shape[0]
+    acc = native.BlockTopK(len(q), k, True)
+    block = max(256, _GEMM_TILE_SCORES // len(q))
+    out = torch.empty((len(q), block), dtype=torch.float32)
+    for start in range(0, n, block):
+        rows = ct[start : start + block]
+        if fmt != "f32":
+            rows = rows.float()
+            if fmt == "i8":
+                rows = rows.mul_(torch.from_numpy(scale)).add_(torch.from_numpy(offset))
+        scores = out[:, : rows.shape[0]]
+        torch.mm(qt, rows.T, out=scores)
+        if metric == "cos":
+            norms = torch.linalg.vector_norm(rows, dim=1).clamp_(min=_NORM_EPS)
+            scores.div_(norms)
+        acc.push(scores.numpy(), start, threads)
+    return acc.result(threads)
+
+
+def _pack_keys(scores: Any, base: int, ascending: bool) -> Any:
+    """int64 keys whose descending order is the ranking: best score first, then lower index.
+
+    The high 32 bits are the score mapped to an order-preserving int32 (float bits with the
+    magnitude flipped for negatives; negated for ascending metrics), the low 32 bits the inverted
+    index. Keys are unique, so ``torch.topk`` on them is exact on any device.
+    """
+    import torch
+
+    if scores.dtype == torch.float32:
+        bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: equal scores, equal keys
+        ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    else:
+        ordered = scores.to(torch.int64)
+    if ascending:
+        ordered = -ordered - 1
+    index = torch.arange(base, base + scores.shape[1], device=scores.device, dtype=torch.int64)
+    return (ordered << 32) + (0xFFFFFFFF - index)
+
+
+def _unpack_keys(keys: Any, score_dtype: Any, ascending: bool) -> tuple[Any, Any]:
+    import torch
+
+    ordered = keys >> 32
+    if ascending:
+        ordered = -ordered - 1
+    index = 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+    if score_dtype == torch.float32:
+        bits = ordered.to(torch.int32)
+        scores = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    else:
+        scores = ordered.to(score_dtype)
+    return scores, index
+
+
+def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, Any] | None) -> Any:
+    """(nq, nrows) scores of one corpus block in PyTorch (float32, int32 for integer metrics)."""
+    import torch
+
+    if kind == "hamming":
+        ext = _backend.cuda_ext() if rows.is_cuda else None
+        if ext is not None:
+            out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
+            ext.hamming_scores(q.data_ptr(), rows.data_ptr(), q.shape[0], rows.shape[0], q.shape[1],
+                               out.data_ptr(), torch.cuda.current_stream(rows.device).cuda_stream)
+            return out
+        table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=rows.device)
+        x = (q.view(torch.uint8)[:, None, :] ^ rows.view(torch.uint8)[None]).to(torch.int64)
+        return table[x].sum(-1, dtype=torch.int32)
+    if kind == "int8":
+        ext = _backend.cuda_ext() if rows.is_cuda else None
+        if ext is not None and metric == "dot":
+            out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
+            ext.int8_dot_scores(q.data_ptr(), rows.data_ptr(), q.shape[0], rows.shape[0], q.shape[1],
+                                out.data_ptr(), torch.cuda.current_stream(rows.device).cuda_stream)
+            return out
+        # float64 products and sums of int8 values are exact (|sum| < 2^53).
+        q64, c64 = q.to(torch.float64), rows.to(torch.float64)
+        dots = q64 @ c64.T
+        if metric == "dot":
+            return dots.to(torch.int32)
+        qn, cn = (q64 * q64).sum(1), (c64 * c64).sum(1)
+        if metric == "l2":
+            return (qn[:, None] + cn[None, :] - 2 * dots).to(torch.int32)
+        dots = dots / qn.sqrt().clamp(min=_NORM_EPS)[:, None] / cn.sqrt().clamp(min=_NORM_EPS)[None, :]
+        return dots.to(torch.float32)
+    c = rows.to(torch.float32)
+    if affine is not None:
+        c = c * affine[1] + affine[0]
+    if metric == "l2":
+        # Direct differences: no cancellation for near-duplicates (blocks keep the 3-D temporary small).
+        return ((q[:, None, :] - c[None]) ** 2).sum(-1)
+    scores = q @ c.T
+    if metric == "cos":
+        scores = scores / torch.linalg.vector_norm(c, dim=1).clamp(min=_NORM_EPS)[None, :]
+    return scores
+
+
+def _search_torch(
+    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
+) -> tuple[Any, Any]:
+    """Device search in PyTorch (CUDA tensors): corpus blocks scored by cuBLAS or ``embedcore._cuda``
+    (dp4a int8, popc Hamming), then an exact top-k over unique int64 (score, index) keys, merged
+    block by block. Works on any device; the CPU runs it only in tests."""
+    import torch
+
+    ascending = metric in _ASCENDING
+    score_dtype = torch.float32 if _score_dtype(kind, metric) == np.float32 else torch.int32
+    if kind in ("float", "int8_asym"):
+        q = queries.to(torch.float32)
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError("queries contains NaN or infinity")
+        if metric == "cos":
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
+    else:
+        q = queries.contiguous()
+    affine = None
+    if kind == "int8_asym":
+        offset, scale = _int8_affine(ranges)
+        affine = (torch.from_numpy(offset.astype(np.float32)).to(corpus.device),
+                  torch.from_numpy(scale.astype(np.float32)).to(corpus.device))
+    n, nq = corpus.shape[0], q.shape[0]
+    # Blocks of ~2^22 scores (x dim for the l2/hamming temporaries), never fewer rows than k.
+    width = corpus.shape[1] if metric in ("l2", "hamming") and not corpus.is_cuda else 1
+    block = max(k, (1 << 22) // max(1, nq * width))
+    best = None
+    finite = torch.ones((), dtype=torch.bool, device=corpus.device)
+    for start in range(0, n, block):
+        rows = corpus[start : start + block].contiguous()
+        scores = _torch_scores(q, rows, metric, kind, affine)
+        if scores.dtype == torch.float32:
+            finite &= torch.isfinite(scores).all()  # one sync at the end, not per block
+        keys = _pack_keys(scores, start, ascending)
+        if best is not None:
+            keys = torch.cat([best, keys], dim=1)
+        best = torch.topk(keys, min(k, keys.shape[1]), dim=1, largest=True, sorted=True).values
+    if not bool(finite):
+        raise ValueError("corpus contains NaN or infinity (or a score overflows float32)")
+    return _unpack_keys(best, score_dtype, ascending)
+
+
 def search_reference(
     queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cos", ranges: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -240,20 +458,25 @@ def search(
     if q_dev != c_dev:
         raise ValueError(f"queries are on {q_dev}, corpus is on {c_dev}; put both on one device")
     r = _check_ranges(ranges, dim) if kind == "int8_asym" else None
+    if kind == "int8":
+        limit = _INT8_L2_MAX_DIM if metric == "l2" else _INT8_DOT_MAX_DIM
+        if dim > limit:
+            raise ValueError(f"int8 {metric} scores are exact int32 up to dim {limit}, got dim {dim}")
 
     q2 = queries.reshape(1, dim) if single else queries
-    q = _to_numpy(q2, "queries")
-    if kind in ("float", "int8_asym") and not np.isfinite(q).all():
-        raise ValueError("queries contains NaN or infinity")
-    c = _to_numpy(corpus, "corpus")
-    if c.dtype.kind == "f" and not np.isfinite(c).all():
-        raise ValueError("corpus contains NaN or infinity")
-    scores, indices = search_reference(q, c, k, metric, r)
-    if is_tensor(queries):
+    if q_dev != "cpu":
+        scores, indices = _search_torch(q2.detach(), corpus.detach(), k, metric, kind, r)
+    elif _backend.force_reference():
+        q, c = _to_numpy(q2, "queries"), _to_numpy(corpus, "corpus")
+        _check_finite(q, "queries")
+        _check_finite(c, "corpus")
+        scores, indices = search_reference(q, c, k, metric, r)
+    else:
+        scores, indices = _search_native(q2, corpus, k, metric, kind, r)
+    if is_tensor(queries) and not is_tensor(scores):
         import torch
 
-        scores = torch.from_numpy(scores).to(queries.device)
-        indices = torch.from_numpy(indices).to(queries.device)
+        scores, indices = torch.from_numpy(scores), torch.from_numpy(indices)
     if single:
         return scores[0], indices[0]
     return scores, indices

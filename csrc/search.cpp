@@ -1,0 +1,321 @@
+#include "search.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "heap.h"
+#include "kernels.h"
+
+namespace embedcore {
+
+namespace {
+
+constexpr int64_t kQueryBlock = 8;   // queries per tile
+constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
+constexpr int64_t kChunkBytes = 1 << 19;  // corpus bytes the threads walk together in query mode
+constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
+
+// Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
+// float score is not finite.
+template <typename S, typename Rank>
+bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S, Rank>* heaps) {
+  bool finite = true;
+  for (int64_t i = 0; i < nqb; ++i) {
+    TopKHeap<S, Rank>& h = heaps[i];
+    const S* row = tile + i * nr;
+    if constexpr (std::is_floating_point_v<S>) {
+      int bad = 0;  // an OR reduction: the compiler vectorises it (NaN fails the comparison too)
+      for (int64_t j = 0; j < nr; ++j) bad |= !(std::fabs(row[j]) <= std::numeric_limits<S>::max());
+      finite &= (bad == 0);
+    }
+    for (int64_t j = 0; j < nr; ++j)
+      if (Rank::better(row[j], base + j, h.val[0], h.idx[0])) h.replace_top(row[j], base + j);
+  }
+  return finite;
+}
+
+// Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
+// [r0, r0 + nr); score(scratch, q0, nqb, r0, nr, out) writes the (nqb, nr) tile; row_bytes().
+template <typename S, typename Rank, typename Scorer>
+bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
+          int64_t* out_idx) {
+  using Heap = TopKHeap<S, Rank>;
+  const int64_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  // Small corpora do not pay for threads; the result does not depend on the count.
+  int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, n / (4 * kTileRows))));
+  std::atomic<bool> ok{true};
+
+  if (nt == 1 || nblocks >= nt) {
+    // Query mode: threads share each corpus chunk, each owns whole query blocks (heaps = outputs).
+    const int64_t chunk =
+        std::max<int64_t>(kTileRows, kChunkBytes / std::max<int64_t>(1, scorer.row_bytes()) / kTileRows * kTileRows);
+#pragma omp parallel num_threads(nt)
+    {
+      auto scratch = scorer.make_scratch();
+      std::vector<S> tile(size_t(kQueryBlock * kTileRows));
+      std::vector<Heap> heaps;
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < nq; ++q) Heap{out_val + q * k, out_idx + q * k, k}.clear();
+      bool finite = true;
+      for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t c1 = std::min(n, c0 + chunk);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblocks; ++b) {
+          const int64_t q0 = b * kQueryBlock, nqb = std::min(kQueryBlock, nq - q0);
+          heaps.clear();
+          for (int64_t i = 0; i < nqb; ++i) heaps.push_back(Heap{out_val + (q0 + i) * k, out_idx + (q0 + i) * k, k});
+          for (int64_t r0 = c0; r0 < c1; r0 += kTileRows) {
+            const int64_t nr = std::min(kTileRows, c1 - r0);
+            scorer.prepare(scratch, r0, nr);
+            scorer.score(scratch, q0, nqb, r0, nr, tile.data());
+            finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data());
+          }
+        }
+      }
+      if (!finite) ok.store(false);
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < nq; ++q) Heap{out_val + q * k, out_idx + q * k, k}.sort_best_first();
+    }
+    return ok.load();
+  }
+
+  // Corpus mode: each thread scans a contiguous slice into its own heaps; then merge per query.
+  std::vector<S> tval(size_t(nt) * size_t(nq * k));
+  std::vector<int64_t> tidx(tval.size());
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t begin = n * t / nt, end = n * (t + 1) / nt;
+    std::vector<Heap> heaps;
+    for (int64_t q = 0; q < nq; ++q) {
+      heaps.push_back(Heap{tval.data() + (t * nq + q) * k, tidx.data() + (t * nq + q) * k, k});
+      heaps.back().clear();
+    }
+    auto scratch = scorer.make_scratch();
+    std::vector<S> tile(size_t(kQueryBlock * kTileRows));
+    bool finite = true;
+    for (int64_t r0 = begin; r0 < end; r0 += kTileRows) {
+      const int64_t nr = std::min(kTileRows, end - r0);
+      scorer.prepare(scratch, r0, nr);
+      for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+        const int64_t nqb = std::min(kQueryBlock, nq - q0);
+        scorer.score(scratch, q0, nqb, r0, nr, tile.data());
+        finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + q0);
+      }
+    }
+    if (!finite) ok.store(false);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < nq; ++q) {
+      Heap out{out_val + q * k, out_idx + q * k, k};
+      out.clear();
+      for (int s = 0; s < nt; ++s) {
+        const S* v = tval.data() + (s * nq + q) * k;
+        const int64_t* ix = tidx.data() + (s * nq + q) * k;
+        for (int64_t j = 0; j < k; ++j)
+          if (ix[j] != kNoIndex) out.push(v[j], ix[j]);
+      }
+      out.sort_best_first();
+    }
+  }
+  return ok.load();
+}
+
+struct FloatScorer {
+  const KernelTable& kt;
+  const float* q;
+  const FloatCorpus& corpus;
+  int64_t d;
+  Metric metric;
+
+  struct Scratch {
+    std::vector<float> rows, inv_norm;
+    const float* cur = nullptr;
+  };
+  Scratch make_scratch() const {
+    Scratch s;
+    if (corpus.format != FloatFormat::kF32) s.rows.resize(size_t(kTileRows * d));
+    s.inv_norm.resize(size_t(kTileRows));
+    return s;
+  }
+  int64_t row_bytes() const {
+    return d * (corpus.format == FloatFormat::kF32 ? 4 : corpus.format == FloatFormat::kI8Affine ? 1 : 2);
+  }
+  void prepare(Scratch& s, int64_t r0, int64_t nr) const {
+    switch (corpus.format) {
+      case FloatFormat::kF32:
+        s.cur = static_cast<const float*>(corpus.data) + r0 * d;
+        break;
+      case FloatFormat::kF16:
+        kt.rows_f16_to_f32(static_cast<const uint16_t*>(corpus.data) + r0 * d, nr, d, s.rows.data());
+        s.cur = s.rows.data();
+        break;
+      case FloatFormat::kBF16:
+        kt.rows_bf16_to_f32(static_cast<const uint16_t*>(corpus.data) + r0 * d, nr, d, s.rows.data());
+        s.cur = s.rows.data();
+        break;
+      case FloatFormat::kI8Affine:
+        kt.rows_i8_affine_to_f32(static_cast<const int8_t*>(corpus.data) + r0 * d, nr, d, corpus.offset,
+                                 corpus.scale, s.rows.data());
+        s.cur = s.rows.data();
+        break;
+    }
+    if (metric == Metric::kCos)
+      for (int64_t j = 0; j < nr; ++j) {
+        const float* row = s.cur + j * d;
+        s.inv_norm[j] = 1.0f / std::max(std::sqrt(kt.dot_f32(row, row, size_t(d))), kNormEps);
+      }
+  }
+  void score(Scratch& s, int64_t q0, int64_t nqb, int64_t, int64_t nr, float* out) const {
+    if (metric == Metric::kL2) {
+      kt.tile_l2_f32(q + q0 * d, nqb, s.cur, nr, d, out);
+      return;
+    }
+    kt.tile_dot_f32(q + q0 * d, nqb, s.cur, nr, d, out);
+    if (metric == Metric::kCos)
+      for (int64_t i = 0; i < nqb; ++i)
+        for (int64_t j = 0; j < nr; ++j) out[i * nr + j] *= s.inv_norm[j];
+  }
+};
+
+// S = int32_t for dot (raw) and l2 (|q|^2 + |c|^2 - 2 q.c, exact), float for cos.
+template <typename S>
+struct Int8Scorer {
+  const KernelTable& kt;
+  const int8_t* q;
+  const int8_t* c;
+  int64_t d;
+  Metric metric;
+  const int32_t* qnorm;  // |q|^2 per query (l2, cos)
+
+  struct Scratch {
+    std::vector<int32_t> dots, cnorm;
+  };
+  Scratch make_scratch() const {
+    return Scratch{std::vector<int32_t>(size_t(kQueryBlock * kTileRows)), std::vector<int32_t>(size_t(kTileRows))};
+  }
+  int64_t row_bytes() const { return d; }
+  void prepare(Scratch& s, int64_t r0, int64_t nr) const {
+    if (metric != Metric::kDot)
+      for (int64_t j = 0; j < nr; ++j) s.cnorm[j] = kt.dot_i8(c + (r0 + j) * d, c + (r0 + j) * d, size_t(d));
+  }
+  void score(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, S* out) const {
+    kt.tile_dot_i8(q + q0 * d, nqb, c + r0 * d, nr, d, s.dots.data());
+    for (int64_t i = 0; i < nqb; ++i)
+      for (int64_t j = 0; j < nr; ++j) {
+        const int32_t dot = s.dots[i * nr + j];
+        if constexpr (std::is_same_v<S, float>) {
+          const double qn = std::max(std::sqrt(double(qnorm[q0 + i])), double(kNormEps));
+          const double cn = std::max(std::sqrt(double(s.cnorm[j])), double(kNormEps));
+          out[i * nr + j] = float(double(dot) / qn / cn);
+        } else if (metric == Metric::kL2) {
+          out[i * nr + j] = qnorm[q0 + i] + s.cnorm[j] - 2 * dot;
+        } else {
+          out[i * nr + j] = dot;
+        }
+      }
+  }
+};
+
+struct HammingScorer {
+  const KernelTable& kt;
+  const uint8_t* q;
+  const uint8_t* c;
+  int64_t nbytes;
+
+  struct Scratch {};
+  Scratch make_scratch() const { return {}; }
+  int64_t row_bytes() const { return nbytes; }
+  void prepare(Scratch&, int64_t, int64_t) const {}
+  void score(Scratch&, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, int32_t* out) const {
+    kt.tile_hamming(q + q0 * nbytes, nqb, c + r0 * nbytes, nr, nbytes, out);
+  }
+};
+
+}  // namespace
+
+bool search_float(const float* q, int64_t nq, const FloatCorpus& corpus, int64_t n, int64_t d, Metric metric,
+                  int64_t k, int num_threads, float* out_val, int64_t* out_idx) {
+  const FloatScorer scorer{active_kernels(), q, corpus, d, metric};
+  if (metric == Metric::kL2)
+    return scan<float, RankSmallest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
+  return scan<float, RankLargest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
+}
+
+void search_int8(const int8_t* q, int64_t nq, const int8_t* c, int64_t n, int64_t d, Metric metric, int64_t k,
+                 int num_threads, int32_t* out_i32, float* out_f32, int64_t* out_idx) {
+  const KernelTable& kt = active_kernels();
+  std::vector<int32_t> qnorm(static_cast<size_t>(nq));
+  for (int64_t i = 0; i < nq; ++i) qnorm[i] = kt.dot_i8(q + i * d, q + i * d, size_t(d));
+  switch (metric) {
+    case Metric::kDot:
+      scan<int32_t, RankLargest<int32_t>>(Int8Scorer<int32_t>{kt, q, c, d, metric, qnorm.data()}, nq, n, k,
+                                          num_threads, out_i32, out_idx);
+      break;
+    case Metric::kL2:
+      scan<int32_t, RankSmallest<int32_t>>(Int8Scorer<int32_t>{kt, q, c, d, metric, qnorm.data()}, nq, n, k,
+                                           num_threads, out_i32, out_idx);
+      break;
+    case Metric::kCos:
+      scan<float, RankLargest<float>>(Int8Scorer<float>{kt, q, c, d, metric, qnorm.data()}, nq, n, k,
+                                      num_threads, out_f32, out_idx);
+      break;
+  }
+}
+
+void search_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t n, int64_t nbytes, int64_t k,
+                    int num_threads, int32_t* out_val, int64_t* out_idx) {
+  scan<int32_t, RankSmallest<int32_t>>(HammingScorer{active_kernels(), q, c, nbytes}, nq, n, k, num_threads,
+                                       out_val, out_idx);
+}
+
+namespace {
+
+template <typename Rank>
+bool push_block(const float* scores, int64_t nq, int64_t nb, int64_t base, int64_t k, int num_threads,
+                float* heap_val, int64_t* heap_idx) {
+  std::atomic<bool> ok{true};
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+  for (int64_t q = 0; q < nq; ++q) {
+    TopKHeap<float, Rank> h{heap_val + q * k, heap_idx + q * k, k};
+    if (!push_tile(scores + q * nb, 1, nb, base, &h)) ok.store(false);
+  }
+  return ok.load();
+}
+
+}  // namespace
+
+void block_topk_init(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest) {
+  for (int64_t q = 0; q < nq; ++q) {
+    if (largest)
+      TopKHeap<float, RankLargest<float>>{heap_val + q * k, heap_idx + q * k, k}.clear();
+    else
+      TopKHeap<float, RankSmallest<float>>{heap_val + q * k, heap_idx + q * k, k}.clear();
+  }
+}
+
+bool block_topk_push(const float* scores, int64_t nq, int64_t nb, int64_t base, bool largest, int64_t k,
+                     int num_threads, float* heap_val, int64_t* heap_idx) {
+  num_threads = std::max(1, num_threads);
+  return largest ? push_block<RankLargest<float>>(scores, nq, nb, base, k, num_threads, heap_val, heap_idx)
+                 : push_block<RankSmallest<float>>(scores, nq, nb, base, k, num_threads, heap_val, heap_idx);
+}
+
+void block_topk_finish(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest,
+                       int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(std::max(1, num_threads))
+  for (int64_t q = 0; q < nq; ++q) {
+    if (largest)
+      TopKHeap<float, RankLargest<float>>{heap_val + q * k, heap_idx + q * k, k}.sort_best_first();
+    else
+      TopKHeap<float, RankSmallest<float>>{heap_val + q * k, heap_idx + q * k, k}.sort_best_first();
+  }
+}
+
+}  // namespace embedcore
