@@ -70,6 +70,20 @@ class Dense(nn.Module):
         if residual and in_features != out_features:
             self.residual = nn.Linear(in_features, out_features, bias=False)
 
+    @classmethod
+    def wrap(cls, linear: nn.Linear, activation: nn.Module, residual: nn.Module | None = None) -> Dense:
+        """A Dense that shares the given modules (and so their weights), e.g. those of a loaded
+        sentence-transformers ``Dense``; ``residual`` is an identity marker (``nn.Identity``) or the
+        bias-free projection."""
+        dense = cls.__new__(cls)
+        nn.Module.__init__(dense)
+        dense.linear = linear
+        dense.activation_function = activation
+        dense.use_residual = residual is not None
+        if isinstance(residual, nn.Linear):
+            dense.residual = residual
+        return dense
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, in_features) -> (batch, out_features), same dtype."""
         out = self.activation_function(self.linear(x))
