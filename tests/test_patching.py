@@ -150,6 +150,28 @@ def test_batch_independence(arch, side):
             assert_close(together[b, cols], alone[0], atol=1e-5, rtol=1e-5, name=f"text {b}")
 
 
+@pytest.mark.parametrize("source", ["position_ids", "cu_seq_lens"])
+def test_packed_batch_equals_texts_alone(source):
+    """B=1 packed input (no padding anywhere in the model): boundaries from restarting position ids
+    (transformers' DataCollatorWithFlattening) or flash-attention's cu_seq_lens kwargs."""
+    model = build("qwen3")
+    lengths = [5, 9, 1, 4]
+    ids, mask, _ = batch(lengths, "right", seed=9)
+    packed = ids[mask.bool()][None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    extra = {}
+    if source == "cu_seq_lens":
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        extra = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9)
+    with ec.bidirectional(model), torch.no_grad():
+        out = model(input_ids=packed, position_ids=positions, use_cache=False, **extra).last_hidden_state[0]
+        start = 0
+        for b, n in enumerate(lengths):
+            alone = model(input_ids=ids[b : b + 1, :n], use_cache=False).last_hidden_state[0]
+            assert_close(out[start : start + n], alone, atol=1e-5, rtol=1e-5, name=f"text {b}")
+            start += n
+
+
 def test_kernel_path_end_to_end(monkeypatch):
     """head_dim 32 is a kernel head dim: under the interpreter the Triton kernel runs inside the model."""
     from embedcore.kernels import attention as kernel
@@ -178,6 +200,17 @@ def test_context_manager_and_handle_state():
     assert not handle.active
     assert all(m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool))
     handle.undo()  # idempotent
+
+
+def test_keeping_the_attention_implementation():
+    """attn_implementation=None keeps eager attention: bidirectional through config.is_causal where the
+    mask builders honour it (transformers 5), a clear error where they do not (4.56)."""
+    model = build("qwen2")
+    if not patching.masks_honour_is_causal():
+        with pytest.raises(ValueError, match="attn_implementation='embedcore'"):
+            ec.bidirectional(model, attn_implementation=None)
+        assert token_change_reaches_first(model) == 0.0
+        return
     with ec.bidirectional(model, attn_implementation=None):
         assert model.config._attn_implementation == "eager"
         assert token_change_reaches_first(model) > 1e-3
@@ -207,6 +240,12 @@ def test_encoder_runs_embedcore_attention_unchanged():
     ids = ids % 50
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        if not hasattr(transformers.models.bert.modeling_bert, "ALL_ATTENTION_FUNCTIONS"):
+            # transformers 4.56's BERT does not dispatch through AttentionInterface.
+            with pytest.raises(ValueError, match="AttentionInterface"):
+                patching.use_embedcore_attention(model)
+            assert model.config._attn_implementation == "sdpa"
+            return
         handle = patching.use_embedcore_attention(model)
         assert model.config._attn_implementation == "embedcore"
         actual = model(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -24,6 +24,7 @@ is patched at import time.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -156,20 +157,74 @@ def embedcore_attention_forward(
             f"embedcore attention encodes whole sequences: got {query.shape[2]} queries for {key.shape[2]} "
             "keys (a KV cache); call the model with use_cache=False"
         )
-    from embedcore.ops.attention import attention
+    from embedcore.ops.attention import _attention_varlen, pad_input
+
+    batch, heads, seqlen, head_dim = query.shape
+    layout = _layout(attention_mask, kwargs, batch, seqlen, query.device)
+    indices, cu_seqlens, max_seqlen = layout
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (real tokens, H, D)
+        flat = x.transpose(1, 2).reshape(batch * seqlen, x.shape[1], x.shape[3])
+        return flat if indices is None else flat.index_select(0, indices)
 
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
-    out = attention(
-        query.transpose(1, 2),
-        key.transpose(1, 2),
-        value.transpose(1, 2),
-        causal=causal,
-        scale=None if scaling is None else float(scaling),
-        window=None if sliding_window is None or sliding_window >= query.shape[2] else int(sliding_window),
-        softcap=None if softcap is None else float(softcap),
-        attention_mask=attention_mask,
+    out = _attention_varlen(
+        tokens(query), tokens(key), tokens(value), cu_seqlens, max_seqlen, None,
+        causal,
+        head_dim**-0.5 if scaling is None else float(scaling),
+        None if sliding_window is None or sliding_window >= max_seqlen else int(sliding_window),
+        None if softcap is None else float(softcap),
     )
-    return out, None
+    if indices is None:
+        return out.view(batch, seqlen, heads, -1), None
+    return pad_input(out, indices, batch, seqlen), None
+
+
+# The layout depends only on the mask / position ids, which every layer of one forward shares: it is
+# derived once (one host sync) and reused while the same, unmodified tensor comes back.
+_LAYOUT_CACHE: list[Any] = [None]
+
+
+def _layout(
+    attention_mask: torch.Tensor | None, kwargs: dict[str, Any], batch: int, seqlen: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """(indices of the real tokens or None, cu_seqlens int32, max_seqlen) of a layer's input.
+
+    Sources, in order: the 2-D padding mask; flash-attention kwargs ``cu_seq_lens_q`` / ``max_length_q``
+    of a packed batch; ``position_ids`` of a packed batch (B == 1, positions restarting at each
+    sequence, as transformers' DataCollatorWithFlattening builds them); else B sequences of T tokens.
+    """
+    from embedcore.ops.attention import unpad_input
+
+    if attention_mask is not None:
+        key = attention_mask
+    elif kwargs.get("cu_seq_lens_q") is not None:
+        cu = kwargs["cu_seq_lens_q"].to(device=device, dtype=torch.int32)
+        max_len = kwargs.get("max_length_q")
+        return None, cu, int(max_len) if max_len is not None else int(cu.diff().max())
+    elif batch == 1 and isinstance(kwargs.get("position_ids"), torch.Tensor) and seqlen > 1:
+        key = kwargs["position_ids"]
+        if key.numel() != seqlen:
+            key = None
+    else:
+        key = None
+    if key is None:
+        return None, torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device), seqlen
+
+    cached = _LAYOUT_CACHE[0]
+    if cached is not None and cached[0]() is key and cached[1] == key._version:
+        return cached[2]
+    if key is attention_mask:
+        _, indices, cu, max_len = unpad_input(torch.empty(batch, seqlen, 0, device=device), attention_mask)
+        layout = (indices, cu, max_len)
+    else:
+        pos = key.reshape(-1).to(device)
+        starts = torch.nonzero(pos[1:] != pos[:-1] + 1).flatten().to(torch.int32) + 1
+        edge = torch.tensor([0], dtype=torch.int32, device=device)
+        cu = torch.cat([edge, starts, edge + seqlen])
+        layout = (None, cu, int(cu.diff().max()))
+    _LAYOUT_CACHE[0] = (weakref.ref(key), key._version, layout)
+    return layout
 
 
 def _fallback(module, query, key, value, attention_mask, scaling, dropout, sliding_window, softcap,
@@ -214,12 +269,27 @@ def register() -> str:
     return ATTN_IMPLEMENTATION
 
 
+def masks_honour_is_causal() -> bool:
+    """Whether transformers' own mask builders turn bidirectional for ``config.is_causal = False``
+    (5.x: ``create_causal_mask`` hands over to ``create_bidirectional_mask``; 4.56 has neither). Only
+    then can a patched model keep ``sdpa``/``eager`` attention."""
+    from transformers import masking_utils
+
+    return hasattr(masking_utils, "create_bidirectional_mask")
+
+
 def _set_attn_implementation(model: Any, name: str) -> None:
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
     else:
         for config in _configs(model):
             config._attn_implementation = name
+    # transformers only warns when a model does not dispatch through AttentionInterface.
+    if model.config._attn_implementation != name:
+        raise ValueError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface in "
+            f"this transformers release; attn_implementation {name!r} cannot be set"
+        )
 
 
 def use_embedcore_attention(model: Any) -> _Handle:
@@ -270,7 +340,8 @@ def bidirectional(model: Any, attn_implementation: str | None = ATTN_IMPLEMENTAT
         model: a transformers model (base model or ``*ForCausalLM``) whose ``config.model_type`` is one of
             ``PATCHES``: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text.
         attn_implementation: the attention implementation to run while patched; ``"embedcore"`` (default)
-            runs the padding-free varlen kernel on CUDA; None keeps the model's current one.
+            runs the padding-free varlen kernel on CUDA; None keeps the model's current one, which needs
+            a transformers release whose mask builders honour ``config.is_causal`` (5.x).
 
     Returns:
         A handle: ``handle.undo()`` restores causal attention exactly; ``with bidirectional(model): ...``
@@ -287,6 +358,11 @@ def bidirectional(model: Any, attn_implementation: str | None = ATTN_IMPLEMENTAT
         )
     if isinstance(getattr(model, "_embedcore_patch", None), _Handle):
         raise ValueError("model is already patched by bidirectional(); undo() that handle first")
+    if attn_implementation != ATTN_IMPLEMENTATION and not masks_honour_is_causal():
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r}: this transformers release builds causal masks "
+            "regardless of config.is_causal; use attn_implementation='embedcore' (the default)"
+        )
     record = _Record()
     previous = None
     if attn_implementation is not None:
