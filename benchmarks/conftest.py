@@ -49,7 +49,7 @@ def _benchmark_contract(request: pytest.FixtureRequest):
         return
     benchmark = request.getfixturevalue("benchmark")
     yield
-    if getattr(benchmark, "disabled", False):
+    if getattr(benchmark, "stats", None) is None:  # skipped, failed before timing, or never ran
         return
     missing = [key for key in REQUIRED_INFO if key not in benchmark.extra_info]
     if not benchmark.group:

@@ -298,6 +298,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             goal = ec_row["goal"] if ec_row else None
             lines.append({
                 "group": group,
+                "label": _group_label(group, ref),
                 "op": ref["op"],
                 "shape": ref["shape"],
                 "dtype": ref["dtype"],
@@ -312,6 +313,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
+def _group_label(group: str, row: dict[str, Any]) -> str:
+    """What the table calls the comparison: the group's description after ``"<op>:"`` (groups are
+    unique per comparison, shapes need not be), with the dtype when the description lacks it."""
+    label = group.split(":", 1)[1].strip() if group.startswith(f"{row['op']}:") else row["shape"] or group
+    if row["dtype"] and row["dtype"] not in label:
+        label += f" {row['dtype']}"
+    return label
+
+
 def format_time(seconds: float | None) -> str:
     """``1.23 ms``-style: three significant digits in the unit that fits."""
     if seconds is None:
@@ -324,12 +334,11 @@ def format_time(seconds: float | None) -> str:
 
 def table_cells(line: dict[str, Any]) -> list[str]:
     """The table's cells for one summary line, in ``TABLE_COLUMNS`` order."""
-    shape = line["shape"] + (f" {line['dtype']}" if line["dtype"] else "")
     op = line["op"] if line["provider"] in (None, "embedcore") else f"{line['op']} ({line['provider']})"
     met = "-" if line["met"] is None else ("yes" if line["met"] else "NO")
     return [
         op,
-        shape.strip(),
+        line["label"],
         line["baseline"] or "-",
         format_time(line["baseline_median"]),
         format_time(line["embedcore_median"]),
@@ -363,7 +372,7 @@ def format_markdown(summary: list[dict[str, Any]]) -> str:
 def goal_line(summary: list[dict[str, Any]]) -> str:
     """``goals met: 3/5 (missed: search float32 64q, ...)``."""
     judged = [line for line in summary if line["met"] is not None]
-    missed = [f"{line['op']} {line['shape']}".strip() for line in judged if not line["met"]]
+    missed = [f"{line['op']} {line['label']}" for line in judged if not line["met"]]
     text = f"goals met: {sum(1 for line in judged if line['met'])}/{len(judged)}"
     return text + (f" (missed: {'; '.join(missed)})" if missed else "")
 
@@ -468,7 +477,7 @@ def plot_charts(rows: list[dict[str, Any]], summary: list[dict[str, Any]], out_d
     judged = [line for line in summary if line["ratio"] is not None]
     if judged:
         fig, ax = plt.subplots(figsize=(8.0, max(2.5, 0.32 * len(judged) + 1.2)))
-        labels = [f"{line['op']}: {line['shape']} {line['dtype']}".strip()
+        labels = [f"{line['op']}: {line['label']}"
                   + ("" if line["provider"] == "embedcore" else f" [{line['provider']}]") for line in judged]
         ratios = [line["ratio"] for line in judged]
         colors = ["tab:green" if line["met"] else ("tab:red" if line["met"] is False else "tab:blue")

@@ -53,7 +53,7 @@ def test_ratio_is_best_baseline_over_embedcore_and_goal_is_judged():
     assert second["ratio"] == pytest.approx(1.1) and second["met"] is False
     rows[3]["goal"] = 1.1
     assert bench.summarize(rows)[1]["met"] is True  # ratio == goal meets it
-    assert bench.goal_line(bench.summarize(rows)) == "goals met: 1/2 (missed: search 200000x384 nq=1)"
+    assert bench.goal_line(bench.summarize(rows)) == "goals met: 1/2 (missed: search f32 1q float32)"
 
 
 def test_groups_without_a_side_and_embedcore_variants():
@@ -109,8 +109,17 @@ def test_table_columns_and_alignment():
     lines = bench.format_table(bench.summarize(rows)).splitlines()
     assert lines[0].split("  ")[0] == "operation" and "met?" in lines[0]
     assert len(lines) == 3 and set(lines[1]) <= {"-", " "}
-    assert lines[2].split() == ["search", "200000x384", "nq=1", "float32", "faiss", "3", "ms", "2", "ms",
-                                "1.50x", "1.3x", "yes"]
+    assert lines[2].split() == ["search", "f32", "1q", "float32", "faiss", "3", "ms", "2", "ms", "1.50x",
+                                "1.3x", "yes"]
+
+
+def test_table_names_a_comparison_by_its_group():
+    # Groups are unique per comparison, shapes need not be (quantize: one shape, several precisions).
+    rows = _rows(_bench("quantize: int8 1000x384", "embedcore", 1.0, op="quantize", shape="1000x384"),
+                 _bench("quantize: binary 1000x384", "embedcore", 1.0, op="quantize", shape="1000x384"),
+                 _bench("odd group", "embedcore", 1.0, op="quantize", shape="1000x384 float32"))
+    assert [line["label"] for line in bench.summarize(rows)] == [
+        "int8 1000x384 float32", "binary 1000x384 float32", "1000x384 float32"]
 
 
 def test_write_results_files(tmp_path):
@@ -129,7 +138,7 @@ def test_write_results_files(tmp_path):
     assert list(table[0])[: len(bench.ROW_FIELDS)] == list(bench.ROW_FIELDS)
     assert table[0]["versions"] == "embedcore=0.1.0;numpy=2.0" and float(table[1]["median"]) == 3e-3
     md = (tmp_path / "results.md").read_text()
-    assert "quick suite" in md and "| search | 200000x384 nq=1 float32 | faiss |" in md
+    assert "quick suite" in md and "| search | f32 1q float32 | faiss |" in md
     assert "![speedups](speedups.png)" in md
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
 
@@ -195,7 +204,7 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     out_dir = bench_dir / "results" / (bench.machine_info()["tag"] + "-quick")
     assert f"wrote {out_dir / 'results.json'}" in out
     table = out[out.index("operation"):].splitlines()
-    assert table[2].split()[:3] == ["fake", "n=100", "int"] and table[2].split()[-1] == "yes"
+    assert table[2].split()[:3] == ["fake", "quick", "int"] and table[2].split()[-1] == "yes"
     doc = json.loads((out_dir / "results.json").read_text())
     assert {r["group"] for r in doc["rows"]} == {"fake: quick"}  # EMBEDCORE_BENCH_QUICK reached the child
     assert doc["summary"][0]["baseline"] == "python" and doc["summary"][0]["ratio"] > 1.0
