@@ -50,7 +50,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "gpu"
-SECTIONS = ("topk", "attention", "pooling", "quantize", "search", "encode")
+SECTIONS = ("topk", "attention", "pooling", "quantize", "search", "encode", "model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,6 +158,7 @@ class Suite:
     torch_uses_triton: Callable[[Any], bool] = bool  # embedcore._backend.use_triton once imported
     encode_models: list[tuple[str, Path, Any, str | None]] = field(default_factory=list)
     models: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    decoder: tuple[Any, Any, Any] | None = None  # the model section's decoder and batch, built once
 
     def pick(self, full: Any, tiny: Any) -> Any:
         """``tiny`` in a dry run, else ``full``."""
@@ -616,6 +617,27 @@ def timings_attention(suite: Suite) -> None:
         )
         del sets
 
+    # Mixed lengths (Wikipedia token counts): varlen on the real tokens vs SDPA on the padded batch with
+    # a key-padding mask (flash cannot take a mask: SDPA picks its memory-efficient kernel). Useful FLOPs.
+    lengths = [max(1, n // suite.pick(1, 8)) for n in token_lengths(suite.pick(64, 4), 512)]
+    b, t, heads, d = len(lengths), max(lengths), suite.pick(16, 2), suite.pick(64, 32)
+    dtype = suite.pick(torch.bfloat16, torch.float32)
+    q4, k4, v4 = (torch.randn(b, heads, t, d, device=suite.device, dtype=dtype) for _ in range(3))
+    real = torch.arange(t, device=suite.device)[None, :] < torch.tensor(lengths, device=suite.device)[:, None]
+    packed = [x.transpose(1, 2)[real].contiguous() for x in (q4, k4, v4)]
+    cu = torch.nn.functional.pad(torch.tensor(lengths, device=suite.device).cumsum(0), (1, 0)).to(torch.int32)
+    flops = 4 * heads * d * sum(n * n for n in lengths)
+    shape = f"B={b} lengths {min(lengths)}..{t} (mean {sum(lengths) / b:.0f}) H={heads} D={d}"
+    group = f"attention: mixed lengths B={b} H={heads} D={d}"
+    dname = str(dtype).removeprefix("torch.")
+    ours = suite.time_fn(lambda _: ec.attention(packed[0], packed[1], packed[2], cu, t), [None])
+    mask = real[:, None, None, :]
+    base = suite.time_fn(lambda _: F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask), [None])
+    suite.add_row("attention", "embedcore", shape, dname, ours, group, flops, "TFLOP/s", "matmul TFLOP/s")
+    suite.add_row(
+        "attention", "torch-sdpa-padded", shape, dname, base, group, flops, "TFLOP/s", "matmul TFLOP/s"
+    )
+
 
 # -- pooling and quantization ------------------------------------------------------------------------
 
@@ -1042,6 +1064,41 @@ def texts(n: int) -> list[str]:
     ]
 
 
+# A Qwen2-0.5B-shaped decoder (24 layers, 14 query / 2 key-value heads of 64) and a tiny one for dry runs
+# (heads of 32: the smallest head dim the attention kernel takes, so the dry run reaches it).
+DECODER_SIZES = (
+    {
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+    },
+    {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+    },
+)
+
+
+def token_lengths(n: int, cap: int) -> list[int]:
+    """Token counts (all-MiniLM-L6-v2's tokenizer, capped at ``cap``) of ``n`` bundled Wikipedia
+    summaries: a realistic mix of lengths. Without the demo extra, a log-normal mix around 100."""
+    import random
+
+    path = demo_model()
+    if path is None:
+        gen = random.Random(0)
+        return [min(cap, max(1, int(gen.lognormvariate(4.6, 0.6)))) for _ in range(n)]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    return [min(cap, len(ids)) for ids in tok(texts(n))["input_ids"]]
+
+
 def _random_decoder(suite: Suite, folder: Path, tokenizer_from: Path) -> None:
     """A Qwen2-architecture decoder with random weights (0.5B-class on the GPU, tiny in a dry run),
     saved with a tokenizer so that sentence-transformers and embedcore load the same folder."""
@@ -1050,23 +1107,7 @@ def _random_decoder(suite: Suite, folder: Path, tokenizer_from: Path) -> None:
     torch = suite.torch
     tok = AutoTokenizer.from_pretrained(tokenizer_from)
     tok.model_input_names = ["input_ids", "attention_mask"]  # a decoder takes no token_type_ids
-    sizes = suite.pick(
-        dict(
-            hidden_size=896,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            intermediate_size=4864,
-        ),
-        dict(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-        ),
-    )
-    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=1024, **sizes)
+    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=1024, **suite.pick(*DECODER_SIZES))
     torch.manual_seed(0)
     with torch.device(suite.device):
         model = Qwen2Model(config)
@@ -1202,6 +1243,86 @@ def timings_encode(suite: Suite) -> None:
             torch.cuda.empty_cache()
 
 
+# -- bidirectional decoder, end to end ---------------------------------------------------------------
+
+
+def _decoder_batch(suite: Suite) -> tuple[Any, Any, Any]:
+    """A random Qwen2 decoder (bf16 on the GPU) and a right-padded batch of Wikipedia-like lengths."""
+    if suite.decoder is None:
+        from transformers import Qwen2Config, Qwen2Model
+
+        torch = suite.torch
+        config = Qwen2Config(vocab_size=32000, max_position_embeddings=1024, **suite.pick(*DECODER_SIZES))
+        torch.manual_seed(0)
+        with torch.device(suite.device):
+            model = Qwen2Model(config)
+        model = model.to(suite.pick(torch.bfloat16, torch.float32)).eval()
+        # A dry run scales the lengths down (tiny model, interpreter), keeping the mix and the padding.
+        lengths = torch.tensor([max(1, n // suite.pick(1, 8)) for n in token_lengths(suite.pick(64, 4), 512)])
+        t = int(lengths.max())
+        ids = torch.randint(0, config.vocab_size, (len(lengths), t)).to(suite.device)
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).to(suite.device, torch.int64)
+        suite.decoder = (model, ids, mask)
+    return suite.decoder
+
+
+def _forward(suite: Suite, model: Any, ids: Any, mask: Any) -> Any:
+    with suite.torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def checks_model(suite: Suite) -> None:
+    import embedcore as ec
+    from embedcore.models import patching
+
+    torch = suite.torch
+    model, ids, mask = _decoder_batch(suite)
+    real = mask.bool()
+
+    def same_as_sdpa() -> str:
+        with ec.bidirectional(model):
+            ours = _forward(suite, model, ids, mask)[real].float()
+        with ec.bidirectional(model, attn_implementation="sdpa"):
+            base = _forward(suite, model, ids, mask)[real].float()
+        cos = torch.nn.functional.cosine_similarity(ours, base, dim=-1)
+        if model.dtype == torch.float32:
+            return assert_close("hidden states", ours, base, 1e-4, 1e-4)
+        assert float(cos.min()) >= 0.99, f"min cosine {float(cos.min()):.4f} < 0.99 over real tokens"
+        return f"min cosine {float(cos.min()):.5f}, max err {max_err(ours, base):.2e}"
+
+    label = (
+        f"random Qwen2 {suite.pick('0.5B', 'tiny')} bidirectional: embedcore varlen attention == SDPA with "
+        f"a padding mask ({ids.shape[0]} texts, {int(real.sum())} real of {real.numel()} tokens)"
+    )
+    if not patching.masks_honour_is_causal():
+        suite.notes.append("model: this transformers release cannot run a bidirectional SDPA baseline")
+        return
+    suite.check("model", label, same_as_sdpa)
+
+
+def timings_model(suite: Suite) -> None:
+    import embedcore as ec
+    from embedcore.models import patching
+
+    if not patching.masks_honour_is_causal():
+        return
+    model, ids, mask = _decoder_batch(suite)
+    tokens = int(mask.sum())
+    dname = str(model.dtype).removeprefix("torch.")
+    shape = f"Qwen2 {suite.pick('0.5B', 'tiny')} B={ids.shape[0]} T<={ids.shape[1]} ({tokens} real tokens)"
+    group = f"model: bidirectional Qwen2 {suite.pick('0.5B', 'tiny')}, Wikipedia lengths"
+    results = {}
+    for provider, impl in (("embedcore", "embedcore"), ("transformers-sdpa", "sdpa")):
+        with ec.bidirectional(model, attn_implementation=impl):
+            results[provider] = suite.time_fn(lambda _: _forward(suite, model, ids, mask), [None])
+    suite.add_row(
+        "model", "embedcore", shape, dname, results["embedcore"], group, tokens, "tokens/s", goal=1.5
+    )
+    suite.add_row(
+        "model", "transformers-sdpa", shape, dname, results["transformers-sdpa"], group, tokens, "tokens/s"
+    )
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -1322,12 +1443,14 @@ CHECKS = {
     "quantize": checks_quantize,
     "search": checks_search,
     "encode": checks_encode,
+    "model": checks_model,
 }
 TIMINGS = {
     "attention": timings_attention,
     "pooling": timings_pooling,
     "search": timings_search,
     "encode": timings_encode,
+    "model": timings_model,
 }
 # The module each section needs; a section whose op is not written yet is skipped with a note.
 NEEDS = {
@@ -1337,6 +1460,7 @@ NEEDS = {
     "quantize": ("embedcore.ops.quantize", "embedcore.kernels.pooling"),
     "search": ("embedcore.ops.search",),
     "encode": ("embedcore.models.embedder",),
+    "model": ("embedcore.models.patching", "embedcore.kernels.attention"),
 }
 
 
