@@ -129,6 +129,22 @@ def attention_reference(
 # CPU path
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rep: int, **kwargs: Any) -> torch.Tensor:
+    """SDPA with GQA: ``enable_gqa`` where this torch has it (no copy of k/v), else repeated heads."""
+    global _SDPA_GQA
+    if rep > 1 and _SDPA_GQA:
+        try:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+        except TypeError:  # torch < 2.5
+            _SDPA_GQA = False
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+_SDPA_GQA = True
+
+
 def _attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -139,38 +155,34 @@ def _attention_torch(
     window: int | None,
     softcap: float | None,
 ) -> torch.Tensor:
-    """SDPA over groups of equal-length sequences (no padding computed); softcap, which SDPA cannot
-    apply, takes the materialised path in float32."""
+    """SDPA, one call per run of consecutive equal-length sequences, on views of the packed tensors
+    (no padding computed, no gather); softcap, which SDPA cannot apply, runs materialised in float32."""
     total, hq, _ = q.shape
     rep = hq // k.shape[1]
     out = q.new_zeros(total, hq, v.shape[-1])
     lengths = [e - s for s, e in itertools.pairwise(bounds)]
-    groups: dict[int, list[int]] = {}
-    for b, length in enumerate(lengths):
-        if length:
-            groups.setdefault(length, []).append(b)
-    for length, batch in groups.items():
-        rows = torch.cat([torch.arange(bounds[b], bounds[b] + length) for b in batch]).to(q.device)
-
-        def gather(x: torch.Tensor, rows: torch.Tensor = rows, n: int = len(batch), length: int = length):
-            # (n*L, H, D) -> (n, H, L, D)
-            return x.index_select(0, rows).reshape(n, length, x.shape[1], x.shape[2]).transpose(1, 2)
-
-        qs, ks, vs = gather(q), gather(k), gather(v)
-        if rep > 1:
-            ks = ks.repeat_interleave(rep, dim=1)
-            vs = vs.repeat_interleave(rep, dim=1)
+    b = 0
+    while b < len(lengths):
+        length, n = lengths[b], 1
+        while b + n < len(lengths) and lengths[b + n] == length:
+            n += 1
+        start, b = bounds[b], b + n
+        if length == 0:
+            continue
+        rows = slice(start, start + n * length)
+        # (n*L, H, D) rows -> (n, H, L, D) views
+        qs, ks, vs = (x[rows].view(n, length, x.shape[1], x.shape[2]).transpose(1, 2) for x in (q, k, v))
         if softcap is not None:
-            s = torch.matmul(qs.float(), ks.float().transpose(-1, -2)) * scale
-            s = softcap * torch.tanh(s / softcap)
-            s = s.masked_fill(~_visible(length, causal, window, q.device), float("-inf"))
-            o = torch.matmul(torch.softmax(s, dim=-1), vs.float()).to(q.dtype)
+            ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
+            logits = torch.matmul(qs.float(), ks.float().transpose(-1, -2)) * scale
+            logits = softcap * torch.tanh(logits / softcap)
+            logits = logits.masked_fill(~_visible(length, causal, window, q.device), float("-inf"))
+            o = torch.matmul(torch.softmax(logits, dim=-1), vs.float()).to(q.dtype)
         elif window is not None and window < length:
-            mask = _visible(length, causal, window, q.device)
-            o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+            o = _sdpa(qs, ks, vs, rep, attn_mask=_visible(length, causal, window, q.device), scale=scale)
         else:
-            o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
-        out.index_copy_(0, rows, o.transpose(1, 2).reshape(len(batch) * length, hq, -1))
+            o = _sdpa(qs, ks, vs, rep, is_causal=causal, scale=scale)
+        out[rows].view(n, length, hq, -1).copy_(o.transpose(1, 2))
     return out
 
 
