@@ -1469,13 +1469,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+        # One thread: dry-run timings mean nothing, and idle OpenMP threads only slow a shared CI box.
+        os.environ["EMBEDCORE_NUM_THREADS"] = "1"
     else:
         os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network: every model comes from a local folder
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    if not args.dry_run and not torch.cuda.is_available():
+    if args.dry_run:
+        torch.set_num_threads(1)
+    elif not torch.cuda.is_available():
         print(
             "gpu_suite: no CUDA device here; run with --dry-run to check the suite on the CPU",
             file=sys.stderr,
