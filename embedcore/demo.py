@@ -164,9 +164,19 @@ def _numpy_top(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
     return part[np.argsort(keys[part], kind="stable")]
 
 
-def _baselines(corpus: np.ndarray, ranges: np.ndarray) -> tuple[dict[str, tuple[Callable, Callable]], Any]:
-    """Single-query search functions of FAISS and numpy over the same vectors, per demo method
-    (method key -> (faiss fn, numpy fn)), and the FAISS IndexFlatIP among them."""
+def baselines(corpus: np.ndarray, ranges: np.ndarray) -> tuple[dict[str, tuple[Callable, Callable]], Any]:
+    """Single-query top-10 search with FAISS and with numpy over the same vectors (shared with
+    ``benchmarks/bench_index.py``).
+
+    Args:
+        corpus: (n, dim) float32 unit vectors.
+        ranges: (2, dim) float32 int8 quantization ranges.
+
+    Returns:
+        (functions, flat): method key ("float32", "int8", "binary", "x1", "x4", "x10") -> (FAISS
+        function, numpy function), each taking a (1, dim) float32 query; and FAISS's IndexFlatIP.
+        FAISS: IndexFlatIP, IndexScalarQuantizer QT_8bit, IndexBinaryFlat (+ numpy int8 rescoring).
+    """
     import faiss
 
     from embedcore.ops.quantize import dequantize, quantize
@@ -187,8 +197,8 @@ def _baselines(corpus: np.ndarray, ranges: np.ndarray) -> tuple[dict[str, tuple[
         return _numpy_top(np.bitwise_count(np.bitwise_xor(bits, np.packbits(q > 0, axis=1))).sum(1), k, False)
 
     def rescore(q: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        vectors = dequantize(codes8[candidates], ranges)
-        return candidates[_numpy_top(vectors @ q[0], K)]
+        # The dequantised int8 vectors, precomputed: the fastest numpy way to score candidates.
+        return candidates[_numpy_top(deq[candidates] @ q[0], K)]
 
     def faiss_rescore(q: np.ndarray, m: int) -> np.ndarray:
         return rescore(q, binary.search(np.packbits(q > 0, axis=1), min(K * m, len(bits)))[1][0])
@@ -270,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     for index in indexes.values():
         index.add(corpus)
     ranges = indexes["int8"].ranges
-    base, faiss_flat = _baselines(corpus, ranges)
+    base, faiss_flat = baselines(corpus, ranges)
     lat_q = queries[: args.latency_queries]
 
     def search_fn(index: Any, **kw: Any) -> Callable[[np.ndarray], Any]:

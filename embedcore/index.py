@@ -54,8 +54,6 @@ FORMAT = "embedcore.index"
 FORMAT_VERSION = 1
 # Candidate multipliers tried by tune_rescore_multiplier, in order.
 _MULTIPLIERS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100)
-# Gathered rescoring vectors per chunk of queries (elements), to bound memory for large batches.
-_RESCORE_CHUNK = 1 << 22
 _RESERVED = ("ids", "codes", "rescore_vectors", "ranges")
 
 
@@ -343,25 +341,23 @@ class Index:
         return dequantize(picked, self._ranges) if self.rescore == "int8" else picked
 
     def _rescore(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rescores candidate rows (nq, c) with float queries (nq, dim); returns the best k per query."""
-        from embedcore.ops.topk import topk
+        """Rescores candidate rows (nq, c) with float queries (nq, dim); returns the best k per query.
 
-        nq, c = candidates.shape
-        # Ascending rows: topk's tie rule (lower column first) then means lower storage row first.
+        Each query's candidates are scored by :func:`embedcore.search` over just those rows: the
+        float32 vectors, or the int8 codes with the index's ranges (the dequantised vectors).
+        """
+        from embedcore.ops.search import search
+
+        # Ascending rows: search's tie rule (lower position first) then means lower storage row first.
         candidates = np.sort(candidates, axis=1)
-        scores = np.empty((nq, k), np.float32)
-        rows = np.empty((nq, k), np.int64)
-        step = max(1, _RESCORE_CHUNK // (c * self.dim))
-        for lo in range(0, nq, step):
-            cand = candidates[lo : lo + step]
-            vecs = self._rescore_vectors(cand.reshape(-1)).reshape(len(cand), c, self.dim)
-            qs = q[lo : lo + step]
-            s = np.matmul(vecs, qs[:, :, None])[:, :, 0]
-            if self.metric == "l2":
-                s = np.einsum("bcd,bcd->bc", vecs, vecs) - 2 * s + np.einsum("bd,bd->b", qs, qs)[:, None]
-            values, pos = topk(s, k, largest=self.metric != "l2")
-            scores[lo : lo + step] = values
-            rows[lo : lo + step] = np.take_along_axis(cand, pos, axis=1)
+        vectors = self._extra.view()
+        metric = "dot" if self.metric == "cos" else self.metric
+        ranges = self._ranges if self.rescore == "int8" else None
+        scores = np.empty((len(q), k), np.float32)
+        rows = np.empty((len(q), k), np.int64)
+        for i, cand in enumerate(candidates):
+            s, pos = search(q[i : i + 1], vectors[cand], k, metric, ranges=ranges)
+            scores[i], rows[i] = s[0], cand[pos[0]]
         return scores, rows
 
     def _search_rows(self, queries: np.ndarray, k: int, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
