@@ -12,7 +12,15 @@ from sentence_transformers.util.quantization import (
 )
 
 import embedcore as ec
-from embedcore.ops.quantize import PRECISIONS, _packbits_torch, dequantize
+from embedcore.ops.quantize import (
+    PRECISIONS,
+    _packbits_torch,
+    _quantize_numpy,
+    _quantize_torch,
+    bucket_params,
+    check_ranges,
+    dequantize,
+)
 
 ST_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
@@ -108,6 +116,16 @@ def test_packbits_torch_matches_numpy(rng):
         np.testing.assert_array_equal(got, np.packbits(bits, axis=-1))
 
 
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_path_matches_numpy_path(rng, precision, dtype):
+    # CUDA tensors under backend="reference" take the torch expressions: same codes as numpy's.
+    x = torch.from_numpy(_data(rng, 25, 77)).to(dtype)
+    starts, steps = bucket_params(check_ranges(ec.quantization_ranges(x[:10]), 77, x.device))
+    expected = _quantize_numpy(x.numpy(), precision, starts, steps, "x")
+    np.testing.assert_array_equal(_quantize_torch(x, precision, starts, steps, "x").numpy(), expected)
+
+
 @pytest.mark.parametrize("precision", ["int8", "uint8"])
 def test_dequantize_matches_sentence_transformers(rng, precision):
     x = _data(rng, 40, 33)
@@ -146,8 +164,16 @@ def test_bad_input(rng):
         ec.quantize(x, "int8", calibration_embeddings=np.zeros((3, 5), np.float32))
     bad = x.copy()
     bad[1, 2] = np.nan
-    with pytest.raises(ValueError, match="embeddings contains NaN"):
-        ec.quantize(bad, "binary")
+    for precision in ("int8", "uint8"):
+        with pytest.raises(ValueError, match="embeddings contains NaN"):
+            ec.quantize(bad, precision, ranges=ec.quantization_ranges(x))
+        with pytest.raises(ValueError, match="embeddings contains NaN"):
+            ec.quantize(torch.from_numpy(bad), precision)
+    with pytest.raises(ValueError, match="calibration_embeddings contains NaN"):
+        ec.quantization_ranges(bad)
+    # As sentence-transformers: NaN is a 0 sign bit, and float precisions keep it.
+    np.testing.assert_array_equal(ec.quantize(bad, "binary"), quantize_embeddings(bad, "binary"))
+    assert np.isnan(ec.quantize(bad, "float32")[1, 2])
     with pytest.raises(ValueError, match="embeddings must be"):
         ec.quantize(np.zeros((2, 3, 4), np.float32), "binary")
     with pytest.raises(ValueError, match="calibration_embeddings must be"):

@@ -100,8 +100,14 @@ def _check_mask(mask: Any, shape: tuple[int, ...], device: Any, name: str) -> An
         return mask
     if mask.is_complex():
         raise TypeError(f"{name} must be a bool, integer or float 0/1 tensor, got {mask.dtype}")
-    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name} must hold only 0 and 1")
+    if mask.numel():
+        if mask.is_floating_point():
+            ok = bool(((mask == 0) | (mask == 1)).all())
+        else:  # one reduction instead of three elementwise passes
+            lo, hi = torch.aminmax(mask)
+            ok = int(lo) >= 0 and int(hi) <= 1
+        if not ok:
+            raise ValueError(f"{name} must hold only 0 and 1")
     return mask != 0
 
 
@@ -144,15 +150,22 @@ def pool_reference(
     import torch
     import torch.nn.functional as F
 
-    x = hidden if hidden.dtype == torch.float32 else hidden.float()
-    B, T, H = x.shape
+    B, T, H = hidden.shape
     if B == 0:
-        return quantize_reference(x.new_zeros((0, truncate_dim)), precision, *(
+        return quantize_reference(hidden.new_zeros((0, truncate_dim), dtype=torch.float32), precision, *(
             bucket_params(ranges) if precision in SCALAR_PRECISIONS else (None, None)))
+    wide = None  # fp32 copy of half-precision hidden states, made only for the summing modes
+
+    def widened() -> Any:
+        nonlocal wide
+        if wide is None:
+            wide = hidden if hidden.dtype == torch.float32 else hidden.float()
+        return wide
+
     p = pooled.to(torch.float32)
     count = p.sum(1, keepdim=True)  # (B, 1), exact: integers < 2**24
     nonempty = count > 0
-    positions = torch.arange(T, device=x.device)
+    positions = torch.arange(T, device=hidden.device)
     outputs = []
     mean_sum = None
     for mode in modes:
@@ -162,14 +175,15 @@ def pool_reference(
                 idx = torch.where(pooled, positions, T).amin(1).clamp_(max=T - 1)
             else:
                 idx = torch.where(pooled, positions, -1).amax(1).clamp_(min=0)
-            v = x.gather(1, idx.view(B, 1, 1).expand(B, 1, H)).squeeze(1)
+            v = hidden.gather(1, idx.view(B, 1, 1).expand(B, 1, H)).squeeze(1).float()
         elif mode == "max":
-            v = x.masked_fill(~pooled.unsqueeze(-1), float("-inf")).amax(1)
+            # Exact in any dtype: take the maximum first, widen the (B, H) result.
+            v = hidden.masked_fill(~pooled.unsqueeze(-1), float("-inf")).amax(1).float()
         elif mode in ("mean", "mean_sqrt_len_tokens"):
             if mean_sum is None:
                 # A (1, T) x (T, H) product per row reads the hidden states once and allocates nothing
                 # of their size (sentence-transformers multiplies by the mask, then sums).
-                mean_sum = torch.bmm(p.unsqueeze(1), x).squeeze(1)
+                mean_sum = torch.bmm(p.unsqueeze(1), widened()).squeeze(1)
             denom = count.clamp(min=1)
             v = mean_sum / (denom if mode == "mean" else denom.sqrt())
         else:  # weightedmean, weightedmean_absolute
@@ -178,7 +192,8 @@ def pool_reference(
                 first = torch.where(attention, positions, T).amin(1, keepdim=True)
                 weights = weights - first
             weights = weights * p
-            v = torch.bmm(weights.unsqueeze(1), x).squeeze(1) / weights.sum(1, keepdim=True).clamp(min=1)
+            weighted_sum = torch.bmm(weights.unsqueeze(1), widened()).squeeze(1)
+            v = weighted_sum / weights.sum(1, keepdim=True).clamp(min=1)
         outputs.append(torch.where(nonempty, v, torch.zeros((), dtype=v.dtype, device=v.device)))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     if normalize:

@@ -124,36 +124,61 @@ def _packbits_torch(bits: Any) -> Any:
     return (b * weights).sum(-1, dtype=torch.uint8)
 
 
-def _packbits(bits: Any) -> Any:
+def _nan_error(name: str, precision: str) -> ValueError:
+    return ValueError(f"{name} contains NaN: its {precision} code would be undefined")
+
+
+def _quantize_numpy(x: np.ndarray, precision: str, starts: Any, steps: Any, name: str) -> np.ndarray:
+    """sentence-transformers' numpy expressions, in place after the first (fewer passes, same bits)."""
+    if precision in SCALAR_PRECISIONS:
+        q = np.subtract(x, starts.numpy())  # float32 (float64 for float64 x), as sentence-transformers
+        np.divide(q, steps.numpy(), out=q)
+        np.floor(q, out=q)
+        np.clip(q, 0, 255, out=q)
+        # NaN survives clip and would cast to an arbitrary code; values in [0, 255] cannot overflow the sum.
+        if np.isnan(q.sum()):
+            raise _nan_error(name, precision)
+        if precision == "int8":
+            q -= 128
+            return q.astype(np.int8)
+        return q.astype(np.uint8)
+    packed = np.packbits(x > 0, axis=-1)
+    return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
+
+
+def _quantize_torch(x: Any, precision: str, starts: Any, steps: Any, name: str) -> Any:
+    """The same arithmetic in torch ops, for tensors on any device."""
     import torch
 
-    if bits.device.type == "cpu":
-        return torch.from_numpy(np.packbits(bits.numpy(), axis=-1))
-    return _packbits_torch(bits)
+    if precision in SCALAR_PRECISIONS:
+        if bool(torch.isnan(x).any()):
+            raise _nan_error(name, precision)
+        q = torch.floor((x - starts) / steps).clamp_(0, 255)
+        return q.to(torch.uint8) if precision == "uint8" else (q - 128).to(torch.int8)
+    packed = _packbits_torch(x > 0)
+    return packed if precision == "ubinary" else (packed.to(torch.int16) - 128).to(torch.int8)
 
 
-def quantize_reference(x: Any, precision: str, starts: Any = None, steps: Any = None) -> Any:
-    """PyTorch reference: ``x`` (..., dim) float tensor -> codes of ``precision``.
+def quantize_reference(x: Any, precision: str, starts: Any = None, steps: Any = None,
+                       name: str = "embeddings") -> Any:
+    """Reference: ``x`` (..., dim) float tensor -> codes of ``precision``, a tensor on x's device.
 
-    ``starts``/``steps`` (float32 (dim,), from :func:`bucket_params`) are needed for int8/uint8. The
-    arithmetic is sentence-transformers' own: float32 for float16/bfloat16/float32 input, float64 for
-    float64 input.
+    ``starts``/``steps`` (float32 (dim,) tensors from :func:`bucket_params`) are needed for int8/uint8.
+    The arithmetic is sentence-transformers' own: float32 for float16/bfloat16/float32 input, float64
+    for float64 input. CPU tensors run numpy (zero-copy, single-threaded like sentence-transformers),
+    others torch ops. NaN raises ValueError (naming ``name``) for int8/uint8; binary maps it to a 0
+    bit and the float precisions keep it, as sentence-transformers does.
     """
     import torch
 
     if precision in ("float32", "float16", "bfloat16"):
         return x.to(output_dtype(precision))
-    if precision in SCALAR_PRECISIONS:
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        q = torch.floor((x - starts) / steps).clamp_(0, 255)
-        if precision == "uint8":
-            return q.to(torch.uint8)
-        return (q - 128).to(torch.int8)
-    packed = _packbits(x > 0)
-    if precision == "ubinary":
-        return packed
-    return (packed.to(torch.int16) - 128).to(torch.int8)
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    if x.device.type == "cpu":
+        cpu = (starts.cpu(), steps.cpu()) if precision in SCALAR_PRECISIONS else (None, None)
+        return torch.from_numpy(_quantize_numpy(x.numpy(), precision, *cpu, name))
+    return _quantize_torch(x, precision, starts, steps, name)
 
 
 def quantization_ranges(calibration_embeddings: Any) -> Any:
@@ -165,17 +190,24 @@ def quantization_ranges(calibration_embeddings: Any) -> Any:
     Returns:
         (2, dim) float32: row 0 the minimum, row 1 the maximum; numpy in, numpy out.
     """
+    return _ranges(calibration_embeddings, "calibration_embeddings")
+
+
+def _ranges(x: Any, name: str) -> Any:
     import torch
 
-    t = _as_tensor(calibration_embeddings, "calibration_embeddings")
+    t = _as_tensor(x, name)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(
-            f"calibration_embeddings must be (n, dim) with n >= 1 and dim >= 1, got shape {tuple(t.shape)}"
-        )
-    _check_finite(t, "calibration_embeddings")
-    lo, hi = torch.aminmax(t, dim=0)
-    out = torch.stack((lo, hi)).to(torch.float32)
-    return out if is_tensor(calibration_embeddings) else out.numpy()
+        raise ValueError(f"{name} must be (n, dim) with n >= 1 and dim >= 1, got shape {tuple(t.shape)}")
+    if t.device.type == "cpu":
+        # numpy's single-threaded reductions, as sentence-transformers calibrates.
+        a = t.numpy() if t.dtype != torch.bfloat16 else t.float().numpy()
+        out = torch.from_numpy(np.vstack((a.min(0), a.max(0))).astype(np.float32))
+    else:
+        out = torch.stack(torch.aminmax(t, dim=0)).to(torch.float32)
+    # min and max propagate NaN and keep infinities: checking the (2, dim) result checks every value.
+    _check_finite(out, name)
+    return out if is_tensor(x) else out.numpy()
 
 
 def use_kernel(t: Any, backend: str) -> bool:
@@ -203,7 +235,6 @@ def _quantize_one(
     dim = int(t.shape[-1])
     if precision == "bfloat16" and not is_tensor(emb):
         raise TypeError("precision 'bfloat16' needs a torch tensor input: numpy has no bfloat16")
-    _check_finite(t, "embeddings")
     if t.ndim == 2 and t.shape[0] == 0:
         out = torch.zeros((0, output_dim(dim, precision)), dtype=output_dtype(precision))
         return out.to(t.device) if is_tensor(emb) else out.numpy()
@@ -217,7 +248,7 @@ def _quantize_one(
                         f"Cannot compute {precision} quantization ranges from a single embedding; pass "
                         "ranges or calibration_embeddings from a representative set of embeddings"
                     )
-                ranges = quantization_ranges(t)
+                ranges = _ranges(t, "embeddings")
             else:
                 cal = _as_tensor(calibration_embeddings, "calibration_embeddings")
                 if cal.ndim != 2 or cal.shape[1] != dim:
@@ -228,9 +259,11 @@ def _quantize_one(
                 ranges = quantization_ranges(cal)
         starts, steps = bucket_params(check_ranges(ranges, dim, t.device))
 
-    if use_kernel(t, backend) and precision != "float32":
+    if use_kernel(t, backend) and precision != "float32" and t.dtype != torch.float64:
         from embedcore.kernels.pooling import quantize_fwd
 
+        if precision in SCALAR_PRECISIONS and bool(torch.isnan(t).any()):
+            raise _nan_error("embeddings", precision)
         out = quantize_fwd(t.reshape(-1, dim), precision, starts, steps).reshape(
             *t.shape[:-1], output_dim(dim, precision)
         )
@@ -252,7 +285,7 @@ def quantize(
     """Quantizes embeddings exactly like sentence-transformers' ``quantize_embeddings``.
 
     Args:
-        embeddings: (n, dim) or (dim,) float16/bfloat16/float32/float64 numpy array or tensor, finite;
+        embeddings: (n, dim) or (dim,) float16/bfloat16/float32/float64 numpy array or tensor;
             or a list of them: a list of (dim,) vectors is stacked, a list of (n_i, dim) matrices
             (multi-vector documents) is quantized matrix by matrix with ranges shared by all.
         precision: float32, float16, bfloat16, int8, uint8, binary or ubinary.
@@ -268,8 +301,10 @@ def quantize(
 
     Raises:
         TypeError: embeddings are not floats (already-quantized codes included).
-        ValueError: unknown precision, NaN/inf in embeddings, wrong ranges shape, or int8/uint8 ranges
-            that would have to come from a single embedding.
+        ValueError: unknown precision; NaN in embeddings for int8/uint8 (its code would be undefined;
+            binary maps NaN to a 0 bit and float precisions keep it, as sentence-transformers does);
+            ranges of the wrong shape or not finite; int8/uint8 ranges that would have to come from a
+            single embedding.
     """
     precision = check_precision(precision)
     backend = check_backend(backend)
