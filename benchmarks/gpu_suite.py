@@ -107,12 +107,16 @@ def build_extensions(torch: Any) -> str:
     """
     from embedcore import _backend
 
-    if _backend.native() is not None and _backend.cuda_ext() is not None:
-        return "native extensions present (_C, _cuda)"
     cuda_home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     nvcc = shutil.which("nvcc") or (
         str(cuda_home / "bin" / "nvcc") if (cuda_home / "bin" / "nvcc").exists() else None
     )
+    # Presence by find_spec, not import: build_ext must not overwrite a shared object this process mapped.
+    has_c, has_cuda = (importlib.util.find_spec(f"embedcore.{name}") is not None for name in ("_C", "_cuda"))
+    if has_c and (has_cuda or not nvcc):
+        return "native extensions present" + (
+            "" if has_cuda else "; no nvcc: _cuda absent, CUDA search uses PyTorch"
+        )
     major, minor = torch.cuda.get_device_capability()
     env = dict(os.environ, EMBEDCORE_CUDA="1" if nvcc else "0", EMBEDCORE_CUDA_ARCHS=f"{major}{minor}")
     if nvcc:  # setup.py looks in CUDA_HOME, then on PATH
@@ -196,8 +200,8 @@ class Suite:
 
         GPU: ``triton.testing.do_bench`` (CUDA events, warm-up, L2 flushed before each call); a call
         slower than a second (a host fallback) gets three synchronised wall-clock samples instead, so
-        that the suite keeps to its time budget. Dry run: wall clock over two calls, only so that the
-        code path runs.
+        that the suite keeps to its time budget. Dry run: one wall-clock sample after the warm-up call,
+        only so that the code path runs.
         """
         from embedcore.bench import quantile
 
@@ -238,8 +242,12 @@ class Suite:
         ceiling: str | None = None,
         goal: float | None = None,
         metric: str = "time per call",
+        ceiling_goal: float | None = None,
     ) -> dict[str, Any]:
-        """Records one timing; ``work`` per call (bytes, FLOPs or documents) gives the achieved rate."""
+        """Records one timing; ``work`` per call (bytes, FLOPs or documents) gives the achieved rate.
+
+        ``goal`` is the speed ratio over the baseline the issue asks for, ``ceiling_goal`` the fraction
+        of the measured ceiling (copy bandwidth or matmul rate) it asks for."""
         median, p20, p80 = times
         rate = None if work is None else work / median / {"GB/s": 1e9, "TFLOP/s": 1e12}.get(unit or "", 1.0)
         row = {
@@ -256,6 +264,7 @@ class Suite:
             "timestamp": self.timestamp,
             "group": group,
             "goal": goal,
+            "ceiling_goal": ceiling_goal,
             "achieved": rate,
             "unit": unit,
             "ceiling_fraction": rate / self.ceilings[ceiling] if rate and ceiling in self.ceilings else None,
@@ -331,6 +340,8 @@ def max_err(a: Any, b: Any) -> float:
 
 def assert_close(name: str, actual: Any, expected: Any, atol: float, rtol: float = 0.0) -> str:
     """Raises with the worst element when ``|actual - expected| > atol + rtol * |expected|``."""
+    import numpy as np
+
     a, e = actual.double().cpu(), expected.double().cpu()
     assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
     if not a.numel():
@@ -338,7 +349,7 @@ def assert_close(name: str, actual: Any, expected: Any, atol: float, rtol: float
     excess = (a - e).abs() - (atol + rtol * e.abs())
     worst = int(excess.flatten().argmax())
     if float(excess.flatten()[worst]) > 0 or bool(a.isnan().any()):
-        idx = tuple(int(i) for i in __import__("numpy").unravel_index(worst, tuple(a.shape)))
+        idx = tuple(int(i) for i in np.unravel_index(worst, tuple(a.shape)))
         raise AssertionError(
             f"{name}: {int((excess > 0).sum())}/{a.numel()} off (atol {atol}, rtol {rtol}); "
             f"worst at {idx}: {float(a[idx]):.6g} vs {float(e[idx]):.6g}"
@@ -378,7 +389,7 @@ def check_codes(
         diff = (out.int() - ref.int()).abs()
         assert int(diff.max()) <= 1, f"{name}: a code differs by {int(diff.max())} (at most 1 is allowed)"
         pos = (x_ref - starts.float().cpu()) / steps.float().cpu()
-        edge = (pos - pos.round()).abs() <= 1e-3 * pos.abs().clamp(min=1)
+        edge = (pos - pos.round()).abs() <= 2e-3  # in buckets: far above fp32 rounding, far below 1
         bad = (diff > 0) & ~edge
         assert not bool(bad.any()), f"{name}: {int(bad.sum())} codes differ by 1 away from a bucket edge"
         return f"{int((diff > 0).sum())} codes off by 1 at bucket edges"
@@ -527,7 +538,7 @@ def checks_attention(suite: Suite) -> None:
     from embedcore.ops import attention as attn_op
 
     torch = suite.torch
-    lengths = suite.pick([1, 7, 97, 300, 513, 64], [1, 7, 19])
+    lengths = suite.pick([1, 7, 0, 97, 300, 513, 64], [1, 0, 7, 19])  # 0: an empty sequence
     bounds = [0, *itertools.accumulate(lengths)]
     cu = torch.tensor(bounds, dtype=torch.int32, device=suite.device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -564,6 +575,25 @@ def checks_attention(suite: Suite) -> None:
             return f"max err {err:.2e} (allowed {bound:.2e})"
 
         suite.check("attention", name, run)
+
+    # Padded form (B, T, H, D) with a left-padded key-padding mask: unpadded inside, the same kernel.
+    lens = torch.tensor(suite.pick([5, 97, 64, 1], [3, 7, 1]))
+    t = int(lens.max())
+    real = (torch.arange(t)[None, :] >= t - lens[:, None]).to(suite.device)
+    q, k, v = (
+        torch.randn(len(lens), t, h, 64, generator=gen).to(suite.device, torch.float16) for h in (4, 2, 2)
+    )
+    cu_p = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(suite.device, torch.int32)
+
+    def padded() -> str:
+        out = ec.attention(q, k, v, attention_mask=real)
+        packed = ec.attention(q[real], k[real], v[real], cu_p, t)
+        assert bool((out[~real] == 0).all()), "padded positions of the output are not zero"
+        return assert_close("padded vs varlen", out[real], packed, 0.0)
+
+    suite.check(
+        "attention", f"padded (B, T, H, D) form, left padding, lengths {lens.tolist()}, float16", padded
+    )
 
 
 def timings_attention(suite: Suite) -> None:
@@ -856,11 +886,13 @@ def timings_pooling(suite: Suite) -> None:
         starts, steps = bucket_params(ranges)
         # Same codes before timing: a fast wrong answer must not reach the table. The eager chain sums
         # in the model dtype as sentence-transformers does, so bf16 rounding may move a code by 2.
-        fused = ec.pool(
+        codes = ec.pool(
             sets[0][0], sets[0][1], "mean", normalize=True, truncate_dim=dim, precision="int8", ranges=ranges
         )
-        eager = _eager_chain(torch, sets[0][0], sets[0][1], dim, starts, steps)
-        assert int((fused.int() - eager.int()).abs().max()) <= 2, "fused pooling and the eager chain disagree"
+        eager_codes = _eager_chain(torch, sets[0][0], sets[0][1], dim, starts, steps)
+        assert int((codes.int() - eager_codes.int()).abs().max()) <= 2, (
+            "fused pooling and the eager chain disagree"
+        )
         work = b * t * h * hidden.element_size() + b * t * 8 + b * dim  # bytes read and written
         shape = f"B={b} T={t} H={h} mean+normalize+truncate {dim}+int8"
         group = f"pooling: B={b} T={t} H={h} {dname}"
@@ -875,7 +907,19 @@ def timings_pooling(suite: Suite) -> None:
 
         ours = suite.time_fn(fused, sets)
         base = suite.time_fn(eager, sets)
-        suite.add_row("pooling", "embedcore", shape, dname, ours, group, work, "GB/s", "copy GB/s", goal=3.0)
+        suite.add_row(
+            "pooling",
+            "embedcore",
+            shape,
+            dname,
+            ours,
+            group,
+            work,
+            "GB/s",
+            "copy GB/s",
+            goal=3.0,
+            ceiling_goal=0.8,
+        )
         suite.add_row("pooling", "torch-eager", shape, dname, base, group, work, "GB/s", "copy GB/s")
         del sets
 
@@ -1018,7 +1062,9 @@ def timings_search(suite: Suite) -> None:
         group = f"search: {fmt} nq=1 {nbytes / 2**30:.2f} GiB"
         ours = suite.time_fn(ours_fn, queries)
         base = suite.time_fn(base_fn, queries)
-        suite.add_row("search", "embedcore", shape, fmt, ours, group, nbytes, "GB/s", "copy GB/s")
+        suite.add_row(
+            "search", "embedcore", shape, fmt, ours, group, nbytes, "GB/s", "copy GB/s", ceiling_goal=0.7
+        )
         suite.add_row("search", "torch", shape, fmt, base, group, nbytes, "GB/s", "copy GB/s")
         del corpus, queries
     # 1024 fp16 queries: compute bound, judged against the matmul rate; goal 1.5x torch.mm + topk.
@@ -1107,7 +1153,8 @@ def _random_decoder(suite: Suite, folder: Path, tokenizer_from: Path) -> None:
     torch = suite.torch
     tok = AutoTokenizer.from_pretrained(tokenizer_from)
     tok.model_input_names = ["input_ids", "attention_mask"]  # a decoder takes no token_type_ids
-    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=1024, **suite.pick(*DECODER_SIZES))
+    # 512 positions = the tokenizer's model_max_length: both libraries truncate texts at 512 tokens.
+    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=512, **suite.pick(*DECODER_SIZES))
     torch.manual_seed(0)
     with torch.device(suite.device):
         model = Qwen2Model(config)
@@ -1252,7 +1299,7 @@ def _decoder_batch(suite: Suite) -> tuple[Any, Any, Any]:
         from transformers import Qwen2Config, Qwen2Model
 
         torch = suite.torch
-        config = Qwen2Config(vocab_size=32000, max_position_embeddings=1024, **suite.pick(*DECODER_SIZES))
+        config = Qwen2Config(vocab_size=32000, max_position_embeddings=512, **suite.pick(*DECODER_SIZES))
         torch.manual_seed(0)
         with torch.device(suite.device):
             model = Qwen2Model(config)
@@ -1327,7 +1374,10 @@ def timings_model(suite: Suite) -> None:
 
 
 def summary_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """embedcore vs the baseline of each group: ratio, achieved rate, fraction of the ceiling, goal."""
+    """embedcore vs the baseline of each group: ratio, achieved rate, fraction of the ceiling, goals.
+
+    ``met`` is True when every goal of the line (speed ratio, fraction of the ceiling) is reached,
+    False when one is missed, None when the line has no goal."""
     from embedcore.bench import summarize
 
     lines = summarize(rows)
@@ -1335,8 +1385,14 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for line in lines:
         row = by_group.get((line["group"], "embedcore"), {})
         line.update(
-            achieved=row.get("achieved"), unit=row.get("unit"), ceiling_fraction=row.get("ceiling_fraction")
+            achieved=row.get("achieved"),
+            unit=row.get("unit"),
+            ceiling_fraction=row.get("ceiling_fraction"),
+            ceiling_goal=row.get("ceiling_goal"),
         )
+        if line["ceiling_goal"] is not None and line["ceiling_fraction"] is not None:
+            reached = line["ceiling_fraction"] >= line["ceiling_goal"]
+            line["met"] = reached if line["met"] is None else line["met"] and reached
     return lines
 
 
@@ -1344,19 +1400,20 @@ def format_summary(lines: list[dict[str, Any]]) -> str:
     from embedcore.bench import format_time
 
     out = [
-        f"{'benchmark':<46} {'baseline':<20} {'base':>9} {'embedcore':>9} {'ratio':>6} {'goal':>5} "
-        f"{'met':>4} "
-        f"{'achieved':>16} {'of ceiling':>10}"
+        f"{'benchmark':<46} {'baseline':<20} {'base':>9} {'embedcore':>9} {'ratio':>6} {'goal':>10} "
+        f"{'met':>4} {'achieved':>16} {'of ceiling':>10}"
     ]
     for line in lines:
         rate = "" if line["achieved"] is None else f"{line['achieved']:.1f} {line['unit']}"
         frac = "" if line["ceiling_fraction"] is None else f"{100 * line['ceiling_fraction']:.0f}%"
+        goals = [f"{line['goal']:g}x"] if line["goal"] is not None else []
+        goals += [f"{100 * line['ceiling_goal']:.0f}%"] if line["ceiling_goal"] is not None else []
         met = "-" if line["met"] is None else ("yes" if line["met"] else "NO")
+        ratio = "-" if line["ratio"] is None else f"{line['ratio']:.2f}"
         out.append(
             f"{line['group']:<46} {line['baseline'] or '-':<20} {format_time(line['baseline_median']):>9} "
-            f"{format_time(line['embedcore_median']):>9} "
-            f"{'-' if line['ratio'] is None else format(line['ratio'], '.2f'):>6} "
-            f"{'-' if line['goal'] is None else format(line['goal'], 'g'):>5} {met:>4} {rate:>16} {frac:>10}"
+            f"{format_time(line['embedcore_median']):>9} {ratio:>6} {', '.join(goals) or '-':>10} {met:>4} "
+            f"{rate:>16} {frac:>10}"
         )
     return "\n".join(out)
 
