@@ -144,6 +144,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from embedcore.index import Index
 
     _check_output_dir(args.output)
+    # Settings are checked before the (slow) encoding: an Index of the same settings validates them.
+    Index(1, args.precision, args.metric, args.rescore, args.rescore_multiplier)
+    if args.target_recall is not None and (args.rescore is None or not 0 < args.target_recall <= 1):
+        raise ValueError("--target-recall needs --rescore and a value in (0, 1]")
     model = None if args.embeddings is not None else _model_path(args.model)
     vectors, texts = _vectors(args, model)
     index = Index(vectors.shape[1], args.precision, args.metric, args.rescore, args.rescore_multiplier)
@@ -330,18 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "index_command", None))))
     for name in ("batch_size", "k", "rescore_multiplier"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            print(
-                f"embedcore {args.command}: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr
-            )
+            flag = "-k" if name == "k" else "--" + name.replace("_", "-")
+            print(f"embedcore {command}: error: {flag} must be >= 1", file=sys.stderr)
             return 2
     try:
         return int(args.func(args) or 0)
     except _USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"embedcore {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"embedcore {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,7 @@ precision  stored per vector                      scan
 float32    ``dim`` float32                        float queries, exact
 float16    ``dim`` float16                        float queries against the float16 values
 int8       ``dim`` int8 codes + shared ranges     float queries: dequantised codes (asymmetric);
-                                                  int8 queries: integer dot products (symmetric)
+                                                  int8 queries: the codes themselves (symmetric)
 binary     ``ceil(dim / 8)`` bytes of sign bits   Hamming distance of the queries' sign bits
 =========  =====================================  ==========================================
 
@@ -372,13 +372,14 @@ class Index:
 
         Args:
             queries: (nq, dim) float numpy array or CPU tensor; or, for an int8 index without
-                rescoring, (nq, dim) int8 codes made with :attr:`ranges` (symmetric integer scoring);
+                rescoring, (nq, dim) int8 codes made with :attr:`ranges` (symmetric: integer dot or
+                l2 of the codes, or their cosine);
                 or, for a binary index without rescoring, (nq, ceil(dim / 8)) uint8 packed sign bits.
             k: results per query, 1 <= k <= len(self).
             rescore_multiplier: overrides :attr:`rescore_multiplier` for this call.
 
         Returns:
-            (scores, ids): (nq, k) float32 (int32 for int8 or binary queries) and int64 user ids,
+            (scores, ids): (nq, k) float32 (int32 for int8 dot/l2 or binary queries) and int64 ids,
             best first (see the module docstring for score units), ties toward the earlier-stored
             vector. numpy in, numpy out; tensor in, tensor out.
 
@@ -414,8 +415,10 @@ class Index:
             width = int(self._codes.view().shape[1])
             if int(queries.shape[1]) != width:
                 raise ValueError(f"queries have width {int(queries.shape[1])}, the index codes have {width}")
-            metric = "hamming" if packed else ("dot" if self.metric == "cos" else self.metric)
-            scores, rows = search(cpu_numpy(queries, "queries"), self._codes.view(), k, metric)
+            # int8 codes are compared as they are (cos: of the codes, as sentence-transformers does).
+            scores, rows = search(
+                cpu_numpy(queries, "queries"), self._codes.view(), k, "hamming" if packed else self.metric
+            )
         else:
             scores, rows = self._search_rows(self._float_rows(queries, "queries"), k, k * mult)
         return like(scores, queries), like(self._ids.view()[rows], queries)

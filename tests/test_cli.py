@@ -179,6 +179,8 @@ def test_errors_are_one_line_with_exit_code_2_and_write_nothing(files, tmp_path)
         _run("index", "build", "--input", str(files / "more.csv"), "--field", "text", "--output", str(out)),
         "no column 'text'",
     )
+    settings = f"index build --input {files / 'docs.txt'} --output {out} --precision int8 --rescore int8"
+    _one_line_error(_run(*settings.split()), "embedcore index build: error: Invalid rescore 'int8'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "docs.xml", "empty.txt"]
 
     # An index built from embeddings; queries of the wrong dim; a folder from a newer format.
@@ -210,7 +212,9 @@ def test_errors_are_one_line_with_exit_code_2_and_write_nothing(files, tmp_path)
         _run("index", "add", "--index", str(out), "--input", str(files / "docs.txt")), "add with --embeddings"
     )
     _one_line_error(_run("search", "--index", str(tmp_path / "nowhere"), "--query", "x"), "not a folder")
-    _one_line_error(_run("search", "--index", str(out), "--query", "x", "-k", "0"), "-k must be >= 1")
+    _one_line_error(
+        _run("search", "--index", str(out), "--query", "x", "-k", "0"), "search: error: -k must be >= 1"
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["format_version"] += 1
     (out / "manifest.json").write_text(json.dumps(manifest))

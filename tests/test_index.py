@@ -185,6 +185,15 @@ def test_int8_ranges_fixed_at_first_add_and_int8_queries_are_symmetric(rng):
     ref = q8.astype(np.int64) @ codes.astype(np.int64).T
     np.testing.assert_array_equal(ids, np.argsort(-ref, axis=1, kind="stable")[:, :10])
     np.testing.assert_array_equal(scores, np.take_along_axis(ref, ids, axis=1))
+    # With metric cos, int8 queries are ranked by the cosine of the codes (sentence-transformers' way).
+    cos_index = Index(DIM, "int8", "cos", ranges=ranges)
+    cos_index.add(x[:50])
+    q8 = ec.quantize(_unit(x[:5]).astype(np.float32), "int8", ranges=ranges)
+    codes = ec.quantize(_unit(x[:50]).astype(np.float32), "int8", ranges=ranges).astype(np.float64)
+    ref = _unit(q8.astype(np.float64)) @ _unit(codes).T
+    scores, ids = cos_index.search(q8, 10)
+    np.testing.assert_array_equal(ids, np.argsort(-ref, axis=1, kind="stable")[:, :10])
+    assert_close(scores, np.take_along_axis(ref, ids, axis=1), atol=1e-6)
     # Given ranges are used from the first add on.
     fixed = Index(DIM, "int8", "dot", ranges=ranges * 2)
     fixed.add(x[:1])
