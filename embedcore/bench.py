@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info()
     out_dir = Path(args.output) if args.output else (
         bench_dir / "results" / (machine["tag"] + ("-quick" if args.quick else "")))
+    load_before, started = _load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="embedcore-bench-") as tmp:
         json_path = Path(tmp) / "pytest-benchmark.json"
         rc = run_pytest(files, json_path, quick=args.quick, keyword=args.keyword)
@@ -92,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(summary))
     print(goal_line(summary))
+    # The load average says how busy the machine was: other processes make every timing noisier.
     meta = {"machine": machine, "timestamp": timestamp, "quick": bool(args.quick),
-            "files": [f.name for f in files], "pytest_exit_code": rc}
+            "files": [f.name for f in files], "pytest_exit_code": rc,
+            "duration_s": round(time.perf_counter() - started, 1),
+            "load_average": {"before": load_before, "after": _load_average()}}
     for path in write_results(rows, summary, out_dir, meta):
         print(f"wrote {path}")
     if rc != 0:
@@ -211,6 +216,14 @@ def machine_info() -> dict[str, Any]:
         "device": f"cpu: {brand}, {cores} cores",
         "tag": f"{_slug(arch)}-{_slug(brand)}-{cores}c",
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def package_versions() -> dict[str, str]:
@@ -421,6 +434,9 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
         f"- machine: {machine['cpu']}, {machine['cores']} logical cores, {machine['arch']}, "
         f"{machine['system']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        *([f"- load average (1 min) before / after the run: {load['before']} / {load['after']} on "
+           f"{machine['cores']} cores; {meta['duration_s']:.0f} s in total"]
+          if (load := meta.get("load_average")) else []),
         "- ratio = median time of the fastest baseline / median time of embedcore (> 1: embedcore faster),",
         "  both measured in the same run on the same data; goal = the ratio the issue asks for.",
         "",

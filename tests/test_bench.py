@@ -127,7 +127,8 @@ def test_write_results_files(tmp_path):
                  _bench("search: f32 1q", "faiss", 3e-3),
                  _bench("topk: 1x10", "numpy", 1e-4, op="topk"))
     meta = {"machine": bench.machine_info(), "timestamp": "2026-11-26T00:00:00Z", "quick": True,
-            "files": ["bench_search.py"], "pytest_exit_code": 0}
+            "files": ["bench_search.py"], "pytest_exit_code": 0, "duration_s": 12.0,
+            "load_average": {"before": 1.5, "after": 2.25}}
     paths = bench.write_results(rows, bench.summarize(rows), tmp_path, meta)
     assert sorted(p.name for p in paths) == ["results.csv", "results.json", "results.md", "search.png",
                                              "speedups.png", "topk.png"]
@@ -139,7 +140,7 @@ def test_write_results_files(tmp_path):
     assert table[0]["versions"] == "embedcore=0.1.0;numpy=2.0" and float(table[1]["median"]) == 3e-3
     md = (tmp_path / "results.md").read_text()
     assert "quick suite" in md and "| search | f32 1q float32 | faiss |" in md
-    assert "![speedups](speedups.png)" in md
+    assert "![speedups](speedups.png)" in md and "before / after the run: 1.5 / 2.25" in md
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
 
 
@@ -209,6 +210,7 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     assert {r["group"] for r in doc["rows"]} == {"fake: quick"}  # EMBEDCORE_BENCH_QUICK reached the child
     assert doc["summary"][0]["baseline"] == "python" and doc["summary"][0]["ratio"] > 1.0
     assert all(r["rounds"] >= 3 and r["p20"] <= r["median"] <= r["p80"] for r in doc["rows"])
+    assert doc["duration_s"] > 0 and set(doc["load_average"]) == {"before", "after"}
 
 
 def test_gpu_suite_dry_run(tmp_path):
