@@ -81,6 +81,18 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
 
 inline __mmask16 tail_mask16(int64_t rem) { return __mmask16((1u << rem) - 1u); }
 
+// Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
+// single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  auto fold = [](__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  };
+  const __m256 ab = _mm256_hadd_ps(fold(a), fold(b));  // a01 a23 b01 b23 | a45 a67 b45 b67
+  const __m256 cd = _mm256_hadd_ps(fold(c), fold(d));
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);           // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
 template <int QN, int RN, bool L2>
 inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
   __m512 acc[QN][RN];
@@ -104,13 +116,18 @@ inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int
   };
   for (int64_t t = 0; t < dfull; t += 16) step(t, __mmask16(0xFFFF));
   if (d > dfull) step(dfull, tail_mask16(d - dfull));
-  for (int a = 0; a < QN; ++a)
-    for (int b = 0; b < RN; ++b) out[a * ld + b] = _mm512_reduce_add_ps(acc[a][b]);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int a = 0; a < QN; ++a) {
+    if constexpr (RN == 4)
+      _mm_storeu_ps(out + a * ld, reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
+    else
+      out[a * ld] = _mm_cvtss_f32(reduce4(acc[a][0], zero, zero, zero));
+  }
 }
 
 template <bool L2>
 void tile_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
-  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+  for_each_micro<4>(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
   });
 }

@@ -189,54 +189,6 @@ py::tuple search_hamming_binding(CArray<uint8_t> queries, CArray<uint8_t> corpus
   return py::make_tuple(values, indices);
 }
 
-// Exact top-k over score blocks that arrive one after another (the blocked-GEMM search path).
-class BlockTopK {
- public:
-  BlockTopK(int64_t nq, int64_t k, bool largest) : nq_(nq), k_(k), largest_(largest), values_({nq, k}),
-                                                   indices_({nq, k}) {
-    if (nq < 0 || k < 1) throw std::invalid_argument("BlockTopK needs nq >= 0 and k >= 1");
-    block_topk_init(values_.mutable_data(), indices_.mutable_data(), nq, k, largest);
-  }
-
-  // scores: (nq, nb) float32, column j is corpus row base + j.
-  void push(CArray<float> scores, int64_t base, int num_threads) {
-    if (finished_) throw std::invalid_argument("BlockTopK.push after result()");
-    if (scores.ndim() != 2 || scores.shape(0) != nq_)
-      throw std::invalid_argument("scores must be (" + std::to_string(nq_) + ", nb)");
-    if (base < 0 || base + scores.shape(1) > int64_t(INT32_MAX) + 1)
-      throw std::invalid_argument("row indices out of range");
-    const float* sp = scores.data();
-    const int64_t nb = scores.shape(1);
-    float* vp = values_.mutable_data();
-    int64_t* ip = indices_.mutable_data();
-    bool ok;
-    {
-      py::gil_scoped_release release;
-      ok = block_topk_push(sp, nq_, nb, base, largest_, k_, num_threads, vp, ip);
-    }
-    if (!ok) throw std::invalid_argument("corpus contains NaN or infinity (or a score overflows float32)");
-    pushed_ += nb;
-  }
-
-  py::tuple result(int num_threads) {
-    if (pushed_ < k_) throw std::invalid_argument("fewer rows pushed than k");
-    if (!finished_) {
-      py::gil_scoped_release release;
-      block_topk_finish(values_.mutable_data(), indices_.mutable_data(), nq_, k_, largest_, num_threads);
-    }
-    finished_ = true;
-    return py::make_tuple(values_, indices_);
-  }
-
- private:
-  int64_t nq_, k_;
-  bool largest_;
-  CArray<float> values_;
-  CArray<int64_t> indices_;
-  int64_t pushed_ = 0;
-  bool finished_ = false;
-};
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -257,10 +209,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("num_threads"), "Fused exact top-k of int8 queries against int8 codes.");
   m.def("search_hamming", &search_hamming_binding, py::arg("queries"), py::arg("corpus"), py::arg("k"),
         py::arg("num_threads"), "Fused exact top-k (smallest Hamming distance) over packed bits.");
-  py::class_<BlockTopK>(m, "BlockTopK")
-      .def(py::init<int64_t, int64_t, bool>(), py::arg("nq"), py::arg("k"), py::arg("largest"))
-      .def("push", &BlockTopK::push, py::arg("scores"), py::arg("base"), py::arg("num_threads"))
-      .def("result", &BlockTopK::result, py::arg("num_threads"));
 
   m.def("isa", []() { return std::string(isa_name(active_kernels().isa)); },
         "The ISA level of the kernels in use.");

@@ -18,7 +18,7 @@ namespace {
 
 constexpr int64_t kQueryBlock = 8;   // queries per tile
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
-constexpr int64_t kChunkBytes = 1 << 19;  // corpus bytes the threads walk together in query mode
+constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
 
 // Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
@@ -41,57 +41,58 @@ bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S,
 }
 
 // Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
-// [r0, r0 + nr); score(scratch, q0, nqb, r0, nr, out) writes the (nqb, nr) tile; row_bytes().
+// [r0, r0 + nr) (once per tile, for every query block); score(scratch, q0, nqb, r0, nr, out) writes
+// the (nqb, nr) tile; row_bytes() sizes the work.
 template <typename S, typename Rank, typename Scorer>
 bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
           int64_t* out_idx) {
   using Heap = TopKHeap<S, Rank>;
   const int64_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  // Small corpora do not pay for threads; the result does not depend on the count.
-  int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, n / (4 * kTileRows))));
+  // A thread must get enough work to repay waking it (on a shared machine a sleeping thread can cost
+  // a scheduler time slice); the result does not depend on the count.
+  const int64_t work = n * std::max<int64_t>(1, scorer.row_bytes()) * nblocks;
+  int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, work / kMinBytesPerThread)));
   std::atomic<bool> ok{true};
 
-  if (nt == 1 || nblocks >= nt) {
-    // Query mode: threads share each corpus chunk, each owns whole query blocks (heaps = outputs).
-    const int64_t chunk =
-        std::max<int64_t>(kTileRows, kChunkBytes / std::max<int64_t>(1, scorer.row_bytes()) / kTileRows * kTileRows);
+  if (nt == 1 || nblocks % nt == 0 || nblocks >= 4 * nt) {
+    // Query mode: each thread owns whole query blocks (heaps = outputs) and walks the whole corpus
+    // tile by tile, readying a tile once (conversion, norms) for all of its blocks. No barriers in
+    // the scan: on a shared machine a barrier can cost a scheduler time slice.
 #pragma omp parallel num_threads(nt)
     {
+      const int t = omp_get_thread_num();
       auto scratch = scorer.make_scratch();
       std::vector<S> tile(size_t(kQueryBlock * kTileRows));
       std::vector<Heap> heaps;
-#pragma omp for schedule(static)
-      for (int64_t q = 0; q < nq; ++q) Heap{out_val + q * k, out_idx + q * k, k}.clear();
+      for (int64_t q = t * kQueryBlock; q < nq; q += int64_t(nt) * kQueryBlock)
+        for (int64_t i = q; i < std::min(nq, q + kQueryBlock); ++i) {
+          heaps.push_back(Heap{out_val + i * k, out_idx + i * k, k});
+          heaps.back().clear();
+        }
       bool finite = true;
-      for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-        const int64_t c1 = std::min(n, c0 + chunk);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < nblocks; ++b) {
+      for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
+        const int64_t nr = std::min(kTileRows, n - r0);
+        scorer.prepare(scratch, r0, nr);
+        for (int64_t b = t, h = 0; b < nblocks; b += nt, h += kQueryBlock) {
           const int64_t q0 = b * kQueryBlock, nqb = std::min(kQueryBlock, nq - q0);
-          heaps.clear();
-          for (int64_t i = 0; i < nqb; ++i) heaps.push_back(Heap{out_val + (q0 + i) * k, out_idx + (q0 + i) * k, k});
-          for (int64_t r0 = c0; r0 < c1; r0 += kTileRows) {
-            const int64_t nr = std::min(kTileRows, c1 - r0);
-            scorer.prepare(scratch, r0, nr);
-            scorer.score(scratch, q0, nqb, r0, nr, tile.data());
-            finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data());
-          }
+          scorer.score(scratch, q0, nqb, r0, nr, tile.data());
+          finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + h);
         }
       }
       if (!finite) ok.store(false);
-#pragma omp for schedule(static)
-      for (int64_t q = 0; q < nq; ++q) Heap{out_val + q * k, out_idx + q * k, k}.sort_best_first();
+      for (Heap& h : heaps) h.sort_best_first();
     }
     return ok.load();
   }
 
-  // Corpus mode: each thread scans a contiguous slice into its own heaps; then merge per query.
+  // Corpus mode: threads take corpus slices dynamically (a descheduled thread on a shared machine
+  // does not hold back the others) into their own heaps; then merge per query.
   std::vector<S> tval(size_t(nt) * size_t(nq * k));
   std::vector<int64_t> tidx(tval.size());
+  const int64_t slice = 16 * kTileRows;
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    const int64_t begin = n * t / nt, end = n * (t + 1) / nt;
     std::vector<Heap> heaps;
     for (int64_t q = 0; q < nq; ++q) {
       heaps.push_back(Heap{tval.data() + (t * nq + q) * k, tidx.data() + (t * nq + q) * k, k});
@@ -100,13 +101,16 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
     auto scratch = scorer.make_scratch();
     std::vector<S> tile(size_t(kQueryBlock * kTileRows));
     bool finite = true;
-    for (int64_t r0 = begin; r0 < end; r0 += kTileRows) {
-      const int64_t nr = std::min(kTileRows, end - r0);
-      scorer.prepare(scratch, r0, nr);
-      for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
-        const int64_t nqb = std::min(kQueryBlock, nq - q0);
-        scorer.score(scratch, q0, nqb, r0, nr, tile.data());
-        finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + q0);
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t s0 = 0; s0 < n; s0 += slice) {
+      for (int64_t r0 = s0; r0 < std::min(n, s0 + slice); r0 += kTileRows) {
+        const int64_t nr = std::min(kTileRows, n - r0);
+        scorer.prepare(scratch, r0, nr);
+        for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+          const int64_t nqb = std::min(kQueryBlock, nq - q0);
+          scorer.score(scratch, q0, nqb, r0, nr, tile.data());
+          finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + q0);
+        }
       }
     }
     if (!finite) ok.store(false);
@@ -273,49 +277,6 @@ void search_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t n, i
                     int num_threads, int32_t* out_val, int64_t* out_idx) {
   scan<int32_t, RankSmallest<int32_t>>(HammingScorer{active_kernels(), q, c, nbytes}, nq, n, k, num_threads,
                                        out_val, out_idx);
-}
-
-namespace {
-
-template <typename Rank>
-bool push_block(const float* scores, int64_t nq, int64_t nb, int64_t base, int64_t k, int num_threads,
-                float* heap_val, int64_t* heap_idx) {
-  std::atomic<bool> ok{true};
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t q = 0; q < nq; ++q) {
-    TopKHeap<float, Rank> h{heap_val + q * k, heap_idx + q * k, k};
-    if (!push_tile(scores + q * nb, 1, nb, base, &h)) ok.store(false);
-  }
-  return ok.load();
-}
-
-}  // namespace
-
-void block_topk_init(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest) {
-  for (int64_t q = 0; q < nq; ++q) {
-    if (largest)
-      TopKHeap<float, RankLargest<float>>{heap_val + q * k, heap_idx + q * k, k}.clear();
-    else
-      TopKHeap<float, RankSmallest<float>>{heap_val + q * k, heap_idx + q * k, k}.clear();
-  }
-}
-
-bool block_topk_push(const float* scores, int64_t nq, int64_t nb, int64_t base, bool largest, int64_t k,
-                     int num_threads, float* heap_val, int64_t* heap_idx) {
-  num_threads = std::max(1, num_threads);
-  return largest ? push_block<RankLargest<float>>(scores, nq, nb, base, k, num_threads, heap_val, heap_idx)
-                 : push_block<RankSmallest<float>>(scores, nq, nb, base, k, num_threads, heap_val, heap_idx);
-}
-
-void block_topk_finish(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest,
-                       int num_threads) {
-#pragma omp parallel for schedule(static) num_threads(std::max(1, num_threads))
-  for (int64_t q = 0; q < nq; ++q) {
-    if (largest)
-      TopKHeap<float, RankLargest<float>>{heap_val + q * k, heap_idx + q * k, k}.sort_best_first();
-    else
-      TopKHeap<float, RankSmallest<float>>{heap_val + q * k, heap_idx + q * k, k}.sort_best_first();
-  }
 }
 
 }  // namespace embedcore

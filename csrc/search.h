@@ -1,9 +1,9 @@
 // Exact fused search: scores are computed in cache-sized tiles (query block x corpus rows) by the
 // per-ISA kernels and pushed straight into per-query heaps; the full score matrix never exists.
 //
-// Parallel plan: with at least one query block per thread, threads split the query blocks and walk
-// the corpus together chunk by chunk (the chunk stays in the shared cache); with fewer queries,
-// threads split the corpus and their heaps are merged. Heaps rank (score, index) totally, so the
+// Parallel plan: with enough query blocks to share evenly, threads split the query blocks and each
+// walks the corpus tile by tile (a tile stays in cache for all of the thread's blocks); with fewer
+// queries, threads split the corpus and their heaps are merged. Heaps rank (score, index) totally, so the
 // result is the same for any number of threads: best first, ties toward the lower index.
 #pragma once
 
@@ -37,14 +37,5 @@ void search_int8(const int8_t* q, int64_t nq, const int8_t* c, int64_t n, int64_
 // Hamming distances between packed bit strings of nbytes bytes, ascending.
 void search_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t n, int64_t nbytes, int64_t k,
                     int num_threads, int32_t* out_val, int64_t* out_idx);
-
-// Heaps fed with precomputed score blocks (the blocked-GEMM path for large float query batches).
-// heap_val / heap_idx: (nq, k); init fills them, push adds the (nq, nb) block whose column j is
-// corpus row base + j (returns false on a non-finite score), finish sorts every row best first.
-void block_topk_init(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest);
-bool block_topk_push(const float* scores, int64_t nq, int64_t nb, int64_t base, bool largest, int64_t k,
-                     int num_threads, float* heap_val, int64_t* heap_idx);
-void block_topk_finish(float* heap_val, int64_t* heap_idx, int64_t nq, int64_t k, bool largest,
-                       int num_threads);
 
 }  // namespace embedcore

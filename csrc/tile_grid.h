@@ -7,24 +7,27 @@
 
 namespace embedcore {
 
-// Calls micro(QN, RN, i, j) with QN, RN std::integral_constant<int, ...>: 2 queries x 4 rows where
-// possible, then the 1-query and 1-row remainders.
-template <typename Micro>
+// Calls micro(QN, RN, i, j) with QN, RN std::integral_constant<int, ...>: QMAX (4 or 2) queries x 4
+// rows where possible, then the 2- and 1-query and the 1-row remainders.
+template <int QMAX = 2, typename Micro>
 inline void for_each_micro(int64_t nq, int64_t nr, Micro&& micro) {
+  static_assert(QMAX == 2 || QMAX == 4, "QMAX is 2 or 4");
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
-  using I4 = std::integral_constant<int, 4>;
+  using IQ = std::integral_constant<int, QMAX>;
+  auto queries = [&](auto rn, int64_t j) {
+    int64_t i = 0;
+    for (; i + QMAX <= nq; i += QMAX) micro(IQ{}, rn, i, j);
+    if constexpr (QMAX == 4)
+      if (i + 2 <= nq) {
+        micro(I2{}, rn, i, j);
+        i += 2;
+      }
+    if (i < nq) micro(I1{}, rn, i, j);
+  };
   int64_t j = 0;
-  for (; j + 4 <= nr; j += 4) {
-    int64_t i = 0;
-    for (; i + 2 <= nq; i += 2) micro(I2{}, I4{}, i, j);
-    if (i < nq) micro(I1{}, I4{}, i, j);
-  }
-  for (; j < nr; ++j) {
-    int64_t i = 0;
-    for (; i + 2 <= nq; i += 2) micro(I2{}, I1{}, i, j);
-    if (i < nq) micro(I1{}, I1{}, i, j);
-  }
+  for (; j + 4 <= nr; j += 4) queries(std::integral_constant<int, 4>{}, j);
+  for (; j < nr; ++j) queries(I1{}, j);
 }
 
 }  // namespace embedcore

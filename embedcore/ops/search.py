@@ -45,10 +45,6 @@ _NORM_EPS = 1e-12
 # int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
 _INT8_L2_MAX_DIM = 33025
 _INT8_DOT_MAX_DIM = 131071
-# Float dot/cos with at least this many queries runs as blocked GEMM + native top-k.
-_GEMM_MIN_QUERIES = 32
-# Scores per GEMM tile (nq x block rows): about 1 MiB, so the tile stays in L2 for the top-k pass.
-_GEMM_TILE_SCORES = 1 << 18
 
 
 def _dtype_name(x: Any) -> str:
@@ -187,8 +183,8 @@ def _native_corpus(corpus: Any) -> tuple[np.ndarray, str]:
 def _search_native(
     queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CPU search in ``embedcore._C``: the fused scan, or blocked GEMM + native top-k for large
-    float query batches."""
+    """CPU search in ``embedcore._C``: the fused scan into per-query heaps (for large float batches it
+    matches a BLAS matmul alone, which blocked torch.mm + native top-k did not)."""
     native = _backend.require_native()
     threads = _backend.num_threads()
     if kind == "hamming":
@@ -204,41 +200,7 @@ def _search_native(
     if kind == "int8_asym":
         offset64, scale64 = _int8_affine(ranges)
         offset, scale = offset64.astype(np.float32), scale64.astype(np.float32)
-    if metric != "l2" and len(q) >= _GEMM_MIN_QUERIES:
-        return _search_gemm(q, c, fmt, k, metric, offset, scale, threads)
     return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
-
-
-def _search_gemm(
-    q: np.ndarray, c: np.ndarray, fmt: str, k: int, metric: str,
-    offset: np.ndarray | None, scale: np.ndarray | None, threads: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """dot/cos for many queries: torch.mm (BLAS) on cache-sized corpus blocks, each block's scores
-    pushed into native per-query heaps. Only a (nq, block) score tile ever exists."""
-    import torch
-
-    native = _backend.require_native()
-    qt = torch.from_numpy(q)
-    ct = torch.from_numpy(c)
-    if fmt in ("f16", "bf16"):
-        ct = ct.view(torch.float16 if fmt == "f16" else torch.bfloat16)
-    n = ct.shape[0]
-    acc = native.BlockTopK(len(q), k, True)
-    block = max(256, _GEMM_TILE_SCORES // len(q))
-    out = torch.empty((len(q), block), dtype=torch.float32)
-    for start in range(0, n, block):
-        rows = ct[start : start + block]
-        if fmt != "f32":
-            rows = rows.float()
-            if fmt == "i8":
-                rows = rows.mul_(torch.from_numpy(scale)).add_(torch.from_numpy(offset))
-        scores = out[:, : rows.shape[0]]
-        torch.mm(qt, rows.T, out=scores)
-        if metric == "cos":
-            norms = torch.linalg.vector_norm(rows, dim=1).clamp_(min=_NORM_EPS)
-            scores.div_(norms)
-        acc.push(scores.numpy(), start, threads)
-    return acc.result(threads)
 
 
 def _pack_keys(scores: Any, base: int, ascending: bool) -> Any:
