@@ -124,8 +124,12 @@ def _attn_fwd_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
 
 
-def _blocks(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): FA2-like tiles that fit shared memory at D <= 256."""
+def _blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): FA2-like tiles for 16-bit inputs. fp32 (a precision
+    path, not a speed one) takes small single-stage tiles: its IEEE dot needs several times the shared
+    memory, and these fit the ~99 KB of consumer GPUs (checked by compiling for sm_80/86/90)."""
+    if dtype == torch.float32:
+        return (64, 32, 4, 1) if head_dim <= 128 else (32, 32, 4, 1)
     if head_dim <= 64:
         return 128, 64, 4, 3
     if head_dim <= 128:
@@ -161,7 +165,7 @@ def attention_fwd(
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0 or max_seqlen == 0:
         return out
-    block_m, block_n, num_warps, num_stages = _blocks(head_dim)
+    block_m, block_n, num_warps, num_stages = _blocks(head_dim, q.dtype)
     if not q.is_cuda:
         # The interpreter runs whole tiles as numpy arrays: cap them at the work that exists.
         block_m = max(16, min(block_m, triton.next_power_of_2(max_seqlen)))
