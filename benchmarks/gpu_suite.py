@@ -155,7 +155,8 @@ class Suite:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ceilings: dict[str, float] = field(default_factory=dict)
-    launched: set[str] = field(default_factory=set)
+    launched: set[str] = field(default_factory=set)  # Triton kernels
+    launched_cuda: set[str] = field(default_factory=set)  # embedcore._cuda entry points
     device_name: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     timestamp: str = ""
@@ -298,6 +299,37 @@ def track_triton_launches(suite: Suite) -> None:
             return _original(self, *args, **kwargs)
 
         cls.run = run
+
+
+# Functions of embedcore._cuda that query the runtime rather than launch a kernel.
+CUDA_QUERIES = ("device_count", "runtime_version")
+
+
+def cuda_entry_points() -> list[str]:
+    """The kernel entry points of ``embedcore._cuda`` (empty without the extension)."""
+    from embedcore import _backend
+
+    ext = _backend.cuda_ext()
+    if ext is None:
+        return []
+    return sorted(
+        n for n in dir(ext) if not n.startswith("_") and n not in CUDA_QUERIES and callable(getattr(ext, n))
+    )
+
+
+def track_cuda_launches(suite: Suite, names: list[str]) -> None:
+    """Wraps the entry points ``names`` of ``embedcore._cuda`` to record which ones the checks reach."""
+    from embedcore import _backend
+
+    ext = _backend.cuda_ext()
+    for name in names:
+        original = getattr(ext, name)
+
+        def wrapper(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            suite.launched_cuda.add(_name)
+            return _original(*args, **kwargs)
+
+        setattr(ext, name, wrapper)
 
 
 def defined_triton_kernels() -> dict[str, list[str]]:
@@ -1581,6 +1613,9 @@ def main(argv: list[str] | None = None) -> int:
     if "encode" in available:
         suite.encode_models = _encode_pairs(suite)
 
+    cuda_kernels = cuda_entry_points()
+    if not args.dry_run:
+        track_cuda_launches(suite, cuda_kernels)
     print("\n== correctness (every kernel against its reference, before any timing)")
     for section in available:
         t0 = time.perf_counter()
@@ -1594,6 +1629,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  @triton.jit functions never launched directly (device helpers, or unchecked kernels): "
             f"{', '.join(never)}"
         )
+    if args.dry_run:
+        print(f"  CUDA extension kernels ({', '.join(cuda_kernels) or 'none'}) are checked only on a GPU")
+    else:
+        unchecked = sorted(set(cuda_kernels) - suite.launched_cuda)
+        launched = ", ".join(sorted(suite.launched_cuda)) or "none"
+        print(
+            f"  CUDA extension kernels launched by the checks: {launched}"
+            + (f"; never: {', '.join(unchecked)}" if unchecked else "")
+        )
+    kernels["_cuda"] = cuda_kernels
     failed = [c for c in suite.checks if not c["ok"]]
     out_dir = args.output or DEFAULT_OUTPUT
     if failed:
