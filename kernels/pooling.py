@@ -38,7 +38,7 @@ _MODE_OFFSET = {
     "cls": "OFF_CLS", "max": "OFF_MAX", "mean": "OFF_MEAN", "mean_sqrt_len_tokens": "OFF_MSQRT",
     "weightedmean": "OFF_W", "weightedmean_absolute": "OFF_WABS", "lasttoken": "OFF_LAST",
 }
-_EPS = 1e-12
+_EPS = tl.constexpr(1e-12)  # torch.nn.functional.normalize eps
 
 
 @triton.jit
@@ -200,11 +200,13 @@ def _pool_row(x_ptr, x_st, att_ptr, att_st, pm_ptr, pm_st, n, H, D_OUT, out_ptr,
     v_w = tl.math.div_rn(acc_w, w_rel)
     v_wabs = tl.math.div_rn(acc_wabs, tl.maximum(s1, 1).to(tl.float32))
 
-    d1 = 1.0
-    d2 = 1.0
+    # fp32 scalar tensors, not Python floats: the same types in every specialization.
+    zero_s = tl.sum(zero, axis=0)
+    d1 = zero_s + 1.0
+    d2 = zero_s + 1.0
     if not SPLIT:
         if NORMALIZE:
-            ss = 0.0
+            ss = zero_s
             ss = _sumsq(ss, v_cls, OFF_CLS, offs_h, h_ok, D_OUT, False)
             ss = _sumsq(ss, v_max, OFF_MAX, offs_h, h_ok, D_OUT, False)
             ss = _sumsq(ss, v_mean, OFF_MEAN, offs_h, h_ok, D_OUT, False)
@@ -214,7 +216,7 @@ def _pool_row(x_ptr, x_st, att_ptr, att_st, pm_ptr, pm_st, n, H, D_OUT, out_ptr,
             ss = _sumsq(ss, v_last, OFF_LAST, offs_h, h_ok, D_OUT, False)
             d1 = tl.maximum(tl.math.sqrt_rn(ss), _EPS)
         if NORM_AFTER:
-            st = 0.0
+            st = zero_s
             st = _sumsq(st, tl.math.div_rn(v_cls, d1), OFF_CLS, offs_h, h_ok, D_OUT, True)
             st = _sumsq(st, tl.math.div_rn(v_max, d1), OFF_MAX, offs_h, h_ok, D_OUT, True)
             st = _sumsq(st, tl.math.div_rn(v_mean, d1), OFF_MEAN, offs_h, h_ok, D_OUT, True)
@@ -283,20 +285,20 @@ def _pool_epilogue_kernel(v_ptr, v_sb, out_ptr, out_sb, starts_ptr, steps_ptr, D
     v_ptr += b * v_sb
     out_ptr += b * out_sb
     offs = tl.arange(0, BLOCK_D)
-    d1 = 1.0
-    d2 = 1.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    d1 = tl.sum(acc, axis=0) + 1.0
+    d2 = tl.sum(acc, axis=0) + 1.0
     if NORMALIZE:
-        ss = 0.0
         for c0 in range(0, D_POOL, BLOCK_D):
             v = tl.load(v_ptr + c0 + offs, mask=c0 + offs < D_POOL, other=0.0)
-            ss += tl.sum(v * v, axis=0)
-        d1 = tl.maximum(tl.math.sqrt_rn(ss), _EPS)
+            acc += v * v
+        d1 = tl.maximum(tl.math.sqrt_rn(tl.sum(acc, axis=0)), _EPS)
     if NORM_AFTER:
-        st = 0.0
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for c0 in range(0, D_OUT, BLOCK_D):
             y = tl.math.div_rn(tl.load(v_ptr + c0 + offs, mask=c0 + offs < D_OUT, other=0.0), d1)
-            st += tl.sum(y * y, axis=0)
-        d2 = tl.maximum(tl.math.sqrt_rn(st), _EPS)
+            acc += y * y
+        d2 = tl.maximum(tl.math.sqrt_rn(tl.sum(acc, axis=0)), _EPS)
     for c0 in range(0, D_OUT, BLOCK_D):
         valid = c0 + offs < D_OUT
         z = tl.math.div_rn(tl.math.div_rn(tl.load(v_ptr + c0 + offs, mask=valid, other=0.0), d1), d2)

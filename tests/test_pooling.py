@@ -4,6 +4,10 @@ quantize_embeddings and against a float64 loop written from the definitions; the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -256,6 +260,13 @@ def test_reference_edge_shapes():
     assert_close(ec.pool(h, None), h.mean(1), atol=1e-6, name="no mask")
 
 
+def test_reference_batch_invariance():
+    hidden, mask = _batch(8, 12, 64, "left", seed=22)
+    batch = ec.pool(hidden, mask, MODES, normalize=True)
+    alone = torch.cat([ec.pool(hidden[i:i + 1], mask[i:i + 1], MODES, normalize=True) for i in range(8)])
+    assert_close(alone, batch, atol=1e-6, name="alone vs in batch")
+
+
 def test_bad_input():
     hidden, mask = _batch(3, 4, 8, "right")
     with pytest.raises(ValueError, match=r"Invalid pooling mode 'avg'; valid: \('cls'"):
@@ -496,3 +507,58 @@ def test_quantize_kernel_equals_sentence_transformers(precision, dtype):
     if precision not in ("float16", "bfloat16"):
         st_ranges = None if ranges is None else ranges.numpy()
         np.testing.assert_array_equal(got.numpy(), quantize_embeddings(x, precision, ranges=st_ranges))
+
+
+# Compiled-mode check without a GPU: Triton lowers the kernels to PTX/cubin for sm_90 (its bundled
+# ptxas), which catches what the interpreter lets through (non-constexpr globals, type mismatches
+# between specializations, unsupported ops). Runs in a subprocess without TRITON_INTERPRET.
+_COMPILE_SCRIPT = r"""
+import sys
+try:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import triton.backends.nvidia  # noqa: F401
+except ImportError as exc:
+    print(f"skip: {exc}")
+    sys.exit(77)
+import embedcore.kernels.pooling as kp
+
+target = GPUTarget("cuda", 90, 32)
+offs = ["OFF_CLS", "OFF_MAX", "OFF_MEAN", "OFF_MSQRT", "OFF_W", "OFF_WABS", "OFF_LAST"]
+padded = {"x_ptr": "*bf16", "x_sb": "i64", "x_st": "i64", "att_ptr": "*i64", "att_sb": "i64", "att_st": "i64",
+          "pm_ptr": "*u8", "pm_sb": "i64", "pm_st": "i64", "out_ptr": "*i8", "out_sb": "i64",
+          "starts_ptr": "*fp32", "steps_ptr": "*fp32", "T": "i32", "H": "i32", "D_OUT": "i32"}
+varlen = {"x_ptr": "*fp32", "x_st": "i64", "cu_ptr": "*i32", "pm_ptr": "*u8", "out_ptr": "*u8",
+          "out_sb": "i64", "starts_ptr": "*fp32", "steps_ptr": "*fp32", "H": "i32", "D_OUT": "i32"}
+every_mode = dict(zip(offs, [0, 384, 768, 1152, 1536, 1920, 2304]))
+blocks = dict(BLOCK_S=512, BLOCK_T=16, BLOCK_H=512)
+jobs = [
+    (kp._pool_padded_kernel, padded, dict(every_mode, HAS_PM=True, NORMALIZE=True, NORM_AFTER=True, PREC=3,
+                                          SPLIT=False, **blocks)),
+    (kp._pool_padded_kernel, dict(padded, out_ptr="*fp32"),
+     dict(every_mode, HAS_PM=False, NORMALIZE=False, NORM_AFTER=False, PREC=0, SPLIT=True, **blocks)),
+    (kp._pool_varlen_kernel, varlen, dict(dict.fromkeys(offs, -1), OFF_MEAN=0, OFF_LAST=384, HAS_PM=False,
+                                          NORMALIZE=True, NORM_AFTER=False, PREC=6, SPLIT=False, **blocks)),
+    (kp._pool_epilogue_kernel, {"v_ptr": "*fp32", "v_sb": "i64", "out_ptr": "*bf16", "out_sb": "i64",
+                                "starts_ptr": "*fp32", "steps_ptr": "*fp32", "D_POOL": "i32", "D_OUT": "i32"},
+     dict(NORMALIZE=True, NORM_AFTER=True, PREC=2, BLOCK_D=1024)),
+    (kp._quantize_kernel, {"x_ptr": "*fp16", "x_sb": "i64", "out_ptr": "*i8", "out_sb": "i64",
+                           "starts_ptr": "*fp32", "steps_ptr": "*fp32", "D": "i32"},
+     dict(PREC=5, BLOCK_D=512)),
+]
+for fn, signature, constexprs in jobs:
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+    assert kernel.asm["ptx"], fn
+print("compiled", len(jobs))
+"""
+
+
+def test_kernels_compile_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip())
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "compiled 5" in r.stdout
