@@ -17,6 +17,7 @@ import pytest
 from embedcore.demo import baselines
 from embedcore.index import Index
 
+pytest.importorskip("faiss")
 QUICK = os.environ.get("EMBEDCORE_BENCH_QUICK", "").strip() not in ("", "0")
 N, DIM, K = (10_000, 384, 10)
 # method key of embedcore.demo.baselines -> (Index arguments, search arguments)
