@@ -555,7 +555,10 @@ class Index:
                 arrays.get("ranges"),
             )
             count, next_id = meta["count"], meta["next_id"]
-            ids, codes = arrays["ids"], arrays["codes"]
+            for name, value in (("count", count), ("next_id", next_id)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+            ids = arrays["ids"]
         except (KeyError, TypeError, ValueError) as exc:
             raise persist.CorruptFolderError(f"{where}: inconsistent index manifest ({exc})") from None
         expected = {
@@ -572,7 +575,7 @@ class Index:
             raise persist.CorruptFolderError(f"{where}: an int8 index without its ranges")
         if len(np.unique(ids)) != count or (count and int(ids.max()) >= next_id):
             raise persist.CorruptFolderError(f"{where}: the stored ids are not unique or exceed next_id")
-        idx._ids, idx._codes = _Rows(ids), _Rows(codes)
+        idx._ids, idx._codes = _Rows(ids), _Rows(arrays["codes"])
         if idx._extra is not None:
             idx._extra = _Rows(arrays["rescore_vectors"])
         idx._next_id = int(next_id)

@@ -163,6 +163,10 @@ def test_manifest_checks(rng, tmp_path):
     with pytest.raises(CorruptFolderError, match="inconsistent index manifest"):
         Index.load(path)
     (path / "manifest.json").write_text(original)
+    _edit_manifest(path, lambda m: m["metadata"].update(next_id="7"))
+    with pytest.raises(CorruptFolderError, match="next_id must be a non-negative int"):
+        Index.load(path)
+    (path / "manifest.json").write_text(original)
     _edit_manifest(path, lambda m: m.update(format="something.else"))
     with pytest.raises(CorruptFolderError, match=r"expected 'embedcore\.index'"):
         Index.load(path)
