@@ -326,7 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job: bundled model + Wikipedia corpus, index, search, table")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: bundled model + Wikipedia corpus, index, search, table",
+        description="Encodes ~10,000 bundled Wikipedia summaries with the bundled all-MiniLM-L6-v2 "
+        "(cached on disk), builds a binary index with int8 rescoring, runs the articles' short "
+        "descriptions as queries and prints recall@10 against exact float search, single-query latency "
+        "against FAISS and numpy, bytes per vector and encode throughput. Needs embedcore[demo].",
+    )
     demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
     return parser
