@@ -3,6 +3,8 @@ batch independence, exact undo, and the "embedcore" attention implementation on 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import transformers
@@ -136,7 +138,7 @@ def test_equals_explicit_all_visible_mask(arch, lengths, side):
     assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name=f"{arch} hidden states")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3"])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batch_independence(arch, side):
     model = build(arch)
@@ -228,20 +230,24 @@ def test_unsupported_model_type_names_supported():
         ec.bidirectional(object())
 
 
-def test_encoder_runs_embedcore_attention_unchanged():
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_encoder_runs_embedcore_attention_unchanged(arch):
     """An encoder keeps its (bidirectional, padded) semantics under the "embedcore" implementation."""
-    config = transformers.BertConfig(
+    config_cls, model_cls = {"bert": ("BertConfig", "BertModel"),
+                             "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel")}[arch]
+    config = getattr(transformers, config_cls)(
         vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    model = transformers.BertModel(config).eval()
+    model = getattr(transformers, model_cls)(config).eval()
+    modeling = importlib.import_module(type(model).__module__)
     ids, mask, _ = batch([5, 8, 2], "right", seed=4)
     ids = ids % 50
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        if not hasattr(transformers.models.bert.modeling_bert, "ALL_ATTENTION_FUNCTIONS"):
-            # transformers 4.56's BERT does not dispatch through AttentionInterface.
+        if not hasattr(modeling, "ALL_ATTENTION_FUNCTIONS"):
+            # transformers 4.56's BERT and XLM-R do not dispatch through AttentionInterface.
             with pytest.raises(ValueError, match="AttentionInterface"):
                 patching.use_embedcore_attention(model)
             assert model.config._attn_implementation == "sdpa"
@@ -255,9 +261,26 @@ def test_encoder_runs_embedcore_attention_unchanged():
     assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name="bert hidden states")
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_custom_4d_mask_is_honoured(arch):
+    """A 4-D mask built by the caller goes to transformers' SDPA (eager for softcap) unchanged."""
+    model = build(arch)
+    ids, mask, pos = batch([8, 5], "right", seed=6)
+    custom = explicit_mask(model, mask)
+    expected = last_hidden(model, ids, custom, pos)
+    with ec.bidirectional(model):
+        actual = last_hidden(model, ids, custom, pos)
+    real = mask.bool()
+    assert_close(actual[real], expected[real], atol=2e-5, rtol=1e-5, name="custom mask")
+
+
 def test_attention_function_rejects_kv_cache_and_weights():
     model = build("llama")
     ids, _, _ = batch([5], "right")
     with ec.bidirectional(model), torch.no_grad():
         with pytest.raises(ValueError, match="output_attentions"):
             model(input_ids=ids, output_attentions=True)
+        first = model(input_ids=ids, use_cache=True)
+        name = "cache" if "cache" in first.keys() else "past_key_values"  # renamed in transformers 5
+        with pytest.raises(ValueError, match="KV cache"):
+            model(input_ids=ids[:, :1], **{name: first[name]})
