@@ -1475,6 +1475,7 @@ def write_outputs(
         "rows": suite.rows,
         "summary": lines,
         "triton_kernels": kernels,
+        "launched": {"triton": sorted(suite.launched), "cuda": sorted(suite.launched_cuda)},
         "notes": suite.notes,
     }
     paths = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.png"]

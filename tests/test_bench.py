@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -213,6 +215,68 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     assert doc["duration_s"] > 0 and set(doc["load_average"]) == {"before", "after"}
 
 
+@functools.cache
+def _gpu_suite():
+    """benchmarks/gpu_suite.py as a module (registered first: its dataclass resolves names through it)."""
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_suite_code_rules():
+    """The suite's comparison rules reject what they must: they are what a GPU run relies on."""
+    torch = pytest.importorskip("torch")
+    gs = _gpu_suite()
+    starts, steps = torch.zeros(3), torch.ones(3)
+    x = torch.tensor([[0.9999995, 2.5, 7.0]])  # pos 1.0 (at an edge), 2.5 (mid-bucket), 7.0 (edge)
+    ref = torch.tensor([[0, 2, 7]], dtype=torch.uint8)
+    def codes(*values):
+        return torch.tensor([values], dtype=torch.uint8)
+
+    assert "1 codes off by 1" in gs.check_codes(torch, "t", codes(1, 2, 7), ref, "uint8", x, starts, steps)
+    with pytest.raises(AssertionError, match="away from a bucket edge"):
+        gs.check_codes(torch, "t", codes(0, 3, 7), ref, "uint8", x, starts, steps)
+    with pytest.raises(AssertionError, match="differs by 2"):
+        gs.check_codes(torch, "t", codes(0, 2, 9), ref, "uint8", x, starts, steps)
+    signs = torch.tensor([[1e-7, -0.5, 0.3, 0.2, -0.1, 0.4, -0.9, 0.6, 0.7]])  # 9 values: 2 bytes
+    packed = torch.tensor([[0b10110101, 0b10000000]], dtype=torch.uint8)
+    flipped_small = torch.tensor([[0b00110101, 0b10000000]], dtype=torch.uint8)  # bit of 1e-7
+    flipped_large = torch.tensor([[0b11110101, 0b10000000]], dtype=torch.uint8)  # bit of -0.5
+    assert "1 bits differ" in gs.check_codes(torch, "t", flipped_small, packed, "ubinary", signs)
+    with pytest.raises(AssertionError, match="sign bits differ away from zero"):
+        gs.check_codes(torch, "t", flipped_large, packed, "ubinary", signs)
+    with pytest.raises(AssertionError, match="off"):
+        gs.check_codes(torch, "t", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.001]), "float32",
+                       torch.tensor([1.0, 2.001]))
+
+
+def test_gpu_suite_topk_rules():
+    np = pytest.importorskip("numpy")
+    gs = _gpu_suite()
+    ref_s, ref_i = np.array([[5.0, 5.0, 3.0]]), np.array([[2, 7, 1]])
+    assert gs.check_topk("t", ref_s, ref_i, ref_s, ref_i, ascending=False, tol=0).startswith("exact")
+    with pytest.raises(AssertionError, match="index 7 at"):  # ties must break toward the lower index
+        gs.check_topk("t", ref_s, np.array([[7, 2, 1]]), ref_s, ref_i, ascending=False, tol=0)
+    # With a tolerance, near-ties may swap, a clearly better index may not go missing.
+    gs.check_topk("t", ref_s, np.array([[7, 2, 1]]), ref_s, ref_i, ascending=False, tol=1e-6)
+    with pytest.raises(AssertionError, match="misses indices"):
+        gs.check_topk("t", ref_s, np.array([[2, 9, 1]]), ref_s, ref_i, ascending=False, tol=1e-6)
+
+
+def test_gpu_suite_summary_judges_both_goals():
+    gs = _gpu_suite()
+    rows = _rows(_bench("pooling: x", "embedcore", 1.0, op="pooling", goal=3.0),
+                 _bench("pooling: x", "torch-eager", 4.0, op="pooling"))
+    rows[0].update(achieved=2000.0, unit="GB/s", ceiling_fraction=0.6, ceiling_goal=0.8)
+    (line,) = gs.summary_lines(rows)
+    assert line["ratio"] == pytest.approx(4.0) and line["met"] is False  # ratio met, bandwidth missed
+    rows[0]["ceiling_fraction"] = 0.85
+    assert gs.summary_lines(rows)[0]["met"] is True
+    assert "3x, 80%" in gs.format_summary(gs.summary_lines(rows))
+
+
 def test_gpu_suite_dry_run(tmp_path):
     """The GPU suite's correctness checks and timing code, tiny shapes, Triton interpreter, CPU."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -222,6 +286,11 @@ def test_gpu_suite_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "dry run: all correctness checks passed" in proc.stdout
     doc = json.loads((tmp_path / "results.json").read_text())
-    assert doc["dry_run"] is True and doc["rows"]
+    assert doc["dry_run"] is True and doc["rows"] and not doc["notes"], doc["notes"]
+    # Every section ran its checks: none was skipped as "not available".
+    assert {c["section"] for c in doc["checks"]} == set(_gpu_suite().SECTIONS)
+    # Every Triton kernel (a launched @triton.jit function, named *_kernel) is reached by some check.
+    kernels = {name for names in doc["triton_kernels"].values() for name in names if name.endswith("_kernel")}
+    assert kernels and kernels <= set(doc["launched"]["triton"]), kernels - set(doc["launched"]["triton"])
     assert all(set(bench.ROW_FIELDS) <= set(row) for row in doc["rows"])
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.png").exists()
