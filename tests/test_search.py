@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import embedcore as ec
-from embedcore.ops.search import _dequantize, search_reference
+from embedcore import _backend
+from embedcore.ops.search import _dequantize, _kind, _search_torch, search_reference
 
 N = 1500
 NQ = [1, 7, 64]
@@ -18,8 +19,8 @@ def _full_scores(q: np.ndarray, c: np.ndarray, metric: str) -> np.ndarray:
     """(nq, N) float64 scores of float inputs, the ground truth the float checks compare with."""
     q = q.astype(np.float64)
     c = c.astype(np.float64)
-    if metric == "l2":
-        return ((q[:, None, :] - c[None]) ** 2).sum(-1)
+    if metric == "l2":  # float64: the expansion loses nothing that matters at float32 tolerance
+        return np.maximum((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (q @ c.T), 0)
     s = q @ c.T
     if metric == "cos":
         s /= np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
@@ -240,3 +241,120 @@ def test_non_finite_input_is_rejected(rng, where, value):
     (q if where == "queries" else c)[1, 3] = value
     with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
         ec.search(q, c, k=3, metric="dot")
+
+
+# -- every ISA, thread counts, the device (PyTorch) path ------------------------------------------
+
+@pytest.fixture(params=["scalar", "avx2", "avx512"])
+def isa(request):
+    native = _backend.require_native()
+    if request.param not in native.available_isas():
+        pytest.skip(f"{request.param} not available on this CPU/build")
+    before = native.isa()
+    native.set_isa(request.param)
+    yield request.param
+    native.set_isa(before)
+
+
+def _case(rng, kind: str, nq: int, n: int, d: int, levels: int | None = None):
+    """(queries, corpus, ranges) of one format; levels draws from a few values (heavy ties)."""
+    if kind == "hamming":
+        high = 256 if levels is None else levels
+        return (rng.integers(0, high, size=(nq, d), dtype=np.uint8),
+                rng.integers(0, high, size=(n, d), dtype=np.uint8), None)
+    if kind == "int8":
+        lo, hi = (-128, 128) if levels is None else (-1, levels - 1)
+        return (rng.integers(lo, hi, size=(nq, d), dtype=np.int8),
+                rng.integers(lo, hi, size=(n, d), dtype=np.int8), None)
+    q = _data(rng, (nq, d), levels)
+    if kind == "int8_asym":
+        ranges = np.stack([np.full(d, -2.0), np.full(d, 2.0)]).astype(np.float32)
+        return q, rng.integers(-128, 128, size=(n, d), dtype=np.int8), ranges
+    return q, _data(rng, (n, d), levels).astype(kind), None
+
+
+def _check_any(scores, indices, q, c, ranges, k, metric):
+    """Bit-identical for integer scores, the float helper otherwise."""
+    es, ei = search_reference(q, c, k, metric, ranges)
+    if es.dtype == np.int32:
+        np.testing.assert_array_equal(np.asarray(scores), es)
+        np.testing.assert_array_equal(np.asarray(indices), ei)
+        return
+    c_exact = _dequantize(c, ranges) if ranges is not None else c
+    qf, cf = q.astype(np.float64), c_exact.astype(np.float64)
+    tol = _float_tol(qf, cf, metric) if q.dtype.kind == "f" else 1e-6
+    assert_float_topk(np.asarray(scores), np.asarray(indices), _full_scores(qf, cf, metric), k,
+                      metric == "l2", tol)
+
+
+ISA_CASES = [("float32", "dot"), ("float32", "cos"), ("float32", "l2"), ("float16", "dot"),
+             ("int8_asym", "cos"), ("int8", "dot"), ("int8", "l2"), ("int8", "cos"), ("hamming", "hamming")]
+
+
+@pytest.mark.parametrize("kind,metric", ISA_CASES)
+@pytest.mark.parametrize("nq,d", [(3, 19), (20, 70)])
+def test_every_isa(isa, rng, kind, metric, nq, d):
+    q, c, ranges = _case(rng, kind, nq, 700, d, levels=3)
+    for k in (1, 25, 700):
+        scores, indices = ec.search(q, c, k=k, metric=metric, ranges=ranges)
+        _check_any(scores, indices, q, c, ranges, k, metric)
+
+
+@pytest.mark.parametrize("kind,metric,nq,n,d", [
+    ("float32", "dot", 1, 24_000, 100),    # corpus split across threads, heaps merged
+    ("float32", "cos", 20, 24_000, 100),   # 3 query blocks: corpus split
+    ("float32", "l2", 64, 3_000, 100),     # 8 query blocks: queries split
+    ("bfloat16", "dot", 64, 6_000, 100),
+    ("int8", "l2", 64, 3_000, 385),
+    ("int8_asym", "dot", 5, 24_000, 385),
+    ("hamming", "hamming", 64, 9_000, 130),
+    ("hamming", "hamming", 2, 70_000, 130),
+])
+def test_one_and_two_threads_agree_bit_for_bit(rng, monkeypatch, kind, metric, nq, n, d):
+    if kind == "bfloat16":
+        q, c, ranges = _case(rng, "float32", nq, n, d, levels=5)
+        c = torch.from_numpy(c).to(torch.bfloat16)
+    else:
+        q, c, ranges = _case(rng, kind, nq, n, d, levels=5)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("EMBEDCORE_NUM_THREADS", threads)
+        results.append(ec.search(q, c, k=50, metric=metric, ranges=ranges))
+    np.testing.assert_array_equal(np.asarray(results[0][0]), np.asarray(results[1][0]))
+    np.testing.assert_array_equal(np.asarray(results[0][1]), np.asarray(results[1][1]))
+
+
+@pytest.mark.parametrize("kind,metric", [*ISA_CASES, ("int8_asym", "l2"), ("bfloat16", "cos")])
+@pytest.mark.parametrize("levels", [None, 3])
+def test_torch_device_path_on_cpu(rng, kind, metric, levels):
+    """The path CUDA tensors take (PyTorch scores + int64-key top-k), run on CPU tensors."""
+    q, c, ranges = _case(rng, "float32" if kind == "bfloat16" else kind, 7, 900, 37, levels)
+    ct = torch.from_numpy(c)
+    if kind == "bfloat16":
+        ct = ct.to(torch.bfloat16)
+        c = ct.float().numpy()  # the values the corpus holds
+    fmt = _kind(q.dtype.name, str(ct.dtype).removeprefix("torch."), metric, ranges is not None)
+    for k in (1, 10, 900):
+        scores, indices = _search_torch(torch.from_numpy(q), ct, k, metric, fmt, ranges)
+        assert indices.dtype == torch.int64
+        _check_any(scores.numpy(), indices.numpy(), q, c, ranges, k, metric)
+
+
+def test_forced_reference_backend_agrees(rng, monkeypatch):
+    q, c, _ = _case(rng, "int8", 4, 500, 33, levels=3)
+    native = ec.search(q, c, k=20, metric="l2")
+    monkeypatch.setenv("EMBEDCORE_BACKEND", "torch")
+    forced = ec.search(q, c, k=20, metric="l2")
+    np.testing.assert_array_equal(native[0], forced[0])
+    np.testing.assert_array_equal(native[1], forced[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind,metric", ISA_CASES)
+def test_cuda_matches_reference(rng, kind, metric):
+    q, c, ranges = _case(rng, kind, 9, 5000, 48, levels=3)
+    for k in (1, 10, 4096):
+        scores, indices = ec.search(torch.from_numpy(q).cuda(), torch.from_numpy(c).cuda(), k=k,
+                                    metric=metric, ranges=ranges)
+        assert scores.is_cuda and indices.is_cuda
+        _check_any(scores.cpu().numpy(), indices.cpu().numpy(), q, c, ranges, k, metric)

@@ -21,3 +21,5 @@ extern "C" int ec_cuda_runtime_version() {
 }
 
 extern "C" const char* ec_cuda_last_error() { return cudaGetErrorString(cudaGetLastError()); }
+
+extern "C" const char* ec_cuda_error_string(int code) { return cudaGetErrorString(cudaError_t(code)); }

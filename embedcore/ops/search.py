@@ -45,6 +45,9 @@ _NORM_EPS = 1e-12
 # int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
 _INT8_L2_MAX_DIM = 33025
 _INT8_DOT_MAX_DIM = 131071
+# embedcore._cuda score kernels: queries staged in 48 KiB of shared memory, 8 per block row.
+_CUDA_MAX_WIDTH = 6144
+_CUDA_MAX_QUERIES = 8 * 65535
 
 
 def _dtype_name(x: Any) -> str:
@@ -238,27 +241,35 @@ def _unpack_keys(keys: Any, score_dtype: Any, ascending: bool) -> tuple[Any, Any
     return scores, index
 
 
+def _cuda_int_scores(name: str, q: Any, rows: Any) -> Any:
+    """int32 (nq, nrows) scores from ``embedcore._cuda`` (popc Hamming / dp4a int8 dot), or None when
+    the extension is missing, the tensors are not on a GPU, or the sizes exceed its limits."""
+    import torch
+
+    ext = _backend.cuda_ext() if rows.is_cuda else None
+    if ext is None or q.shape[1] > _CUDA_MAX_WIDTH or q.shape[0] > _CUDA_MAX_QUERIES:
+        return None
+    q, rows = q.contiguous(), rows.contiguous()
+    out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
+    stream = torch.cuda.current_stream(rows.device).cuda_stream
+    getattr(ext, name)(q.data_ptr(), rows.data_ptr(), q.shape[0], rows.shape[0], q.shape[1], out.data_ptr(),
+                       stream)
+    return out
+
+
 def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, Any] | None) -> Any:
     """(nq, nrows) scores of one corpus block in PyTorch (float32, int32 for integer metrics)."""
     import torch
 
+    if kind == "hamming" or (kind == "int8" and metric == "dot"):
+        scores = _cuda_int_scores("hamming_scores" if kind == "hamming" else "int8_dot_scores", q, rows)
+        if scores is not None:
+            return scores
     if kind == "hamming":
-        ext = _backend.cuda_ext() if rows.is_cuda else None
-        if ext is not None:
-            out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
-            ext.hamming_scores(q.data_ptr(), rows.data_ptr(), q.shape[0], rows.shape[0], q.shape[1],
-                               out.data_ptr(), torch.cuda.current_stream(rows.device).cuda_stream)
-            return out
         table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=rows.device)
         x = (q.view(torch.uint8)[:, None, :] ^ rows.view(torch.uint8)[None]).to(torch.int64)
         return table[x].sum(-1, dtype=torch.int32)
     if kind == "int8":
-        ext = _backend.cuda_ext() if rows.is_cuda else None
-        if ext is not None and metric == "dot":
-            out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
-            ext.int8_dot_scores(q.data_ptr(), rows.data_ptr(), q.shape[0], rows.shape[0], q.shape[1],
-                                out.data_ptr(), torch.cuda.current_stream(rows.device).cuda_stream)
-            return out
         # float64 products and sums of int8 values are exact (|sum| < 2^53).
         q64, c64 = q.to(torch.float64), rows.to(torch.float64)
         dots = q64 @ c64.T
@@ -272,9 +283,8 @@ def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, 
     c = rows.to(torch.float32)
     if affine is not None:
         c = c * affine[1] + affine[0]
-    if metric == "l2":
-        # Direct differences: no cancellation for near-duplicates (blocks keep the 3-D temporary small).
-        return ((q[:, None, :] - c[None]) ** 2).sum(-1)
+    if metric == "l2":  # |q|^2 + |c|^2 - 2 q.c on the matmul units, as FAISS does on the GPU
+        return ((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (q @ c.T)).clamp_(min=0)
     scores = q @ c.T
     if metric == "cos":
         scores = scores / torch.linalg.vector_norm(c, dim=1).clamp(min=_NORM_EPS)[None, :]
@@ -305,8 +315,9 @@ def _search_torch(
         affine = (torch.from_numpy(offset.astype(np.float32)).to(corpus.device),
                   torch.from_numpy(scale.astype(np.float32)).to(corpus.device))
     n, nq = corpus.shape[0], q.shape[0]
-    # Blocks of ~2^22 scores (x dim for the l2/hamming temporaries), never fewer rows than k.
-    width = corpus.shape[1] if metric in ("l2", "hamming") and not corpus.is_cuda else 1
+    # Blocks of ~2^22 scores (x bytes for the (nq, rows, nbytes) temporary of the PyTorch Hamming
+    # fallback), never fewer rows than k.
+    width = corpus.shape[1] if kind == "hamming" else 1
     block = max(k, (1 << 22) // max(1, nq * width))
     best = None
     finite = torch.ones((), dtype=torch.bool, device=corpus.device)
