@@ -304,6 +304,10 @@ def test_bad_input():
         ec.pool(hidden, mask, normalize=1)
     with pytest.raises(ValueError, match="single embedding"):
         ec.pool(hidden[:1], mask[:1], precision="int8")
+    nan_hidden = hidden.clone()
+    nan_hidden[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="contains NaN"):
+        ec.pool(nan_hidden, mask, precision="int8", ranges=torch.stack([-torch.ones(8), torch.ones(8)]))
     packed = hidden[0]
     with pytest.raises(ValueError, match="sequence 1 has length 0"):
         ec.pool_varlen(packed, torch.tensor([0, 2, 2, 4], dtype=torch.int32), 4)

@@ -13,21 +13,24 @@ Modes (sentence-transformers' ``Pooling``, tuples concatenated in the order give
 * ``mean``: the average of the pooled tokens; ``mean_sqrt_len_tokens``: their sum over sqrt(count).
 * ``max``: the per-dimension maximum over the pooled tokens (other tokens never win).
 * ``weightedmean``: SGPT position weights ``1, 2, 3, ...`` counted from the first attended token, so
-  left and right padding agree; this is sentence-transformers >= 5 (also with ``include_prompt=False``,
-  where prompt tokens keep their position but drop out of the average).
+  left and right padding agree; this is what sentence-transformers 6.2 computes (the tests check it),
+  also with ``include_prompt=False``, where prompt tokens keep their position but leave the average.
 * ``weightedmean_absolute``: weights ``t + 1`` from the absolute position ``t`` in the padded batch, as
-  older sentence-transformers releases computed them (differs from ``weightedmean`` only under left
-  padding). In the packed layout of :func:`pool_varlen` there is no padding and both agree.
+  older sentence-transformers releases computed them (``arange(1, T + 1)`` times the mask); differs
+  from ``weightedmean`` only under left padding. In the packed layout of :func:`pool_varlen` there is
+  no padding and both agree.
 
 Masks: ``attention_mask`` says which tokens are real; ``pool_mask`` (optional) which of them are
 pooled: prompt exclusion (``include_prompt=False``), LLM2Vec's instruction masking, echo embeddings.
 A row whose attention mask is all zero is an error (a sequence with no token). A row whose pool mask
 leaves no token pooled gives a zero vector in every mode (sentence-transformers would give ``-inf``
-for ``max`` and a padding token for ``cls``); a zero vector stays zero through normalization.
+for ``max`` and token 0 for ``cls``); a zero vector stays zero through normalization.
 
 CUDA tensors run the fused Triton kernels of ``embedcore.kernels.pooling`` (the hidden states are
 read once, the output is written once in its final dtype); CPU tensors run the PyTorch reference
-below, which is the specification.
+below, which is the specification (``backend="triton"`` forces the kernel, e.g. under
+``TRITON_INTERPRET=1`` in tests). Hidden states are assumed finite: the fused kernel does not scan
+them for NaN (that would read them twice); the reference path raises for NaN before int8/uint8.
 """
 
 from __future__ import annotations
