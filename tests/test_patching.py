@@ -152,6 +152,20 @@ def test_batch_independence(arch, side):
             assert_close(together[b, cols], alone[0], atol=1e-5, rtol=1e-5, name=f"text {b}")
 
 
+def test_layout_follows_in_place_mask_changes():
+    """The per-forward layout cache must notice a mask edited in place between two calls."""
+    model = build("llama")
+    ids, mask, pos = batch([7, 7], "right")
+    mask = mask.bool()
+    with ec.bidirectional(model):
+        before = last_hidden(model, ids, mask, pos)
+        mask[1, 4:] = False
+        edited = last_hidden(model, ids, mask, pos)
+        fresh = last_hidden(model, ids, mask.clone(), pos)
+    assert torch.equal(edited, fresh)
+    assert not torch.allclose(before[1, :4], edited[1, :4])
+
+
 @pytest.mark.parametrize("source", ["position_ids", "cu_seq_lens"])
 def test_packed_batch_equals_texts_alone(source):
     """B=1 packed input (no padding anywhere in the model): boundaries from restarting position ids

@@ -181,8 +181,9 @@ def embedcore_attention_forward(
 
 
 # The layout depends only on the mask / position ids, which every layer of one forward shares: it is
-# derived once (one host sync) and reused while the same, unmodified tensor comes back.
-_LAYOUT_CACHE: list[Any] = [None]
+# derived once (one host sync) and reused while the same, unmodified tensor comes back. A few entries,
+# as models with sliding layers (Gemma 2/3) alternate between two masks.
+_LAYOUT_CACHE: list[tuple[Any, int, Any]] = []
 
 
 def _layout(
@@ -211,9 +212,9 @@ def _layout(
     if key is None:
         return None, torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device), seqlen
 
-    cached = _LAYOUT_CACHE[0]
-    if cached is not None and cached[0]() is key and cached[1] == key._version:
-        return cached[2]
+    for ref, version, layout in _LAYOUT_CACHE:
+        if ref() is key and version == key._version:
+            return layout
     if key is attention_mask:
         _, indices, cu, max_len = unpad_input(torch.empty(batch, seqlen, 0, device=device), attention_mask)
         layout = (indices, cu, max_len)
@@ -223,7 +224,7 @@ def _layout(
         edge = torch.tensor([0], dtype=torch.int32, device=device)
         cu = torch.cat([edge, starts, edge + seqlen])
         layout = (None, cu, int(cu.diff().max()))
-    _LAYOUT_CACHE[0] = (weakref.ref(key), key._version, layout)
+    _LAYOUT_CACHE[:] = [(weakref.ref(key), key._version, layout), *_LAYOUT_CACHE[:3]]
     return layout
 
 
