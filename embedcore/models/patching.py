@@ -32,7 +32,7 @@ import torch
 
 ATTN_IMPLEMENTATION = "embedcore"
 
-# model_type -> config flags set to make the model bidirectional, beyond `is_causal`.
+# Config flags Gemma 2/3 read to build bidirectional masks (beyond `is_causal`).
 _GEMMA_FLAGS = {"use_bidirectional_attention": True}
 
 
