@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", metavar="OPS", default=None,
                         help="comma-separated operations to run, e.g. search,pooling (default: all)")
     parser.add_argument("--output", metavar="DIR", default=None,
-                        help="where results go (default: benchmarks/results/<machine-tag>[-quick]/)")
+                        help="results folder (default: benchmarks/results/<machine-tag>[-quick][-partial]/)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
                         help="pytest -k expression to select benchmarks inside the chosen files")
     parser.add_argument("--bench-dir", metavar="DIR", default=None,
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     machine = machine_info()
-    out_dir = Path(args.output) if args.output else (
-        bench_dir / "results" / (machine["tag"] + ("-quick" if args.quick else "")))
+    out_dir = Path(args.output) if args.output else bench_dir / "results" / default_folder(
+        machine["tag"], args.quick, partial=bool(args.only or args.keyword))
     load_before, started = _load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="embedcore-bench-") as tmp:
         json_path = Path(tmp) / "pytest-benchmark.json"
@@ -130,6 +130,12 @@ def find_benchmark_dir(explicit: str | None = None) -> Path:
             "(or pass --bench-dir)"
         )
     return bench_dir
+
+
+def default_folder(tag: str, quick: bool, partial: bool) -> str:
+    """``<tag>`` for the full suite, ``-quick`` / ``-partial`` suffixes otherwise: a quick or partial run
+    never overwrites the results of a full one."""
+    return tag + ("-quick" if quick else "") + ("-partial" if partial else "")
 
 
 def available_ops(bench_dir: Path) -> list[str]:

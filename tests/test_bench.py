@@ -146,6 +146,12 @@ def test_write_results_files(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
 
 
+def test_default_folders_keep_full_results():
+    assert bench.default_folder("t", quick=False, partial=False) == "t"
+    assert bench.default_folder("t", quick=True, partial=False) == "t-quick"
+    assert bench.default_folder("t", quick=False, partial=True) == "t-partial"
+
+
 def test_machine_tag_is_a_folder_name():
     info = bench.machine_info()
     assert info["tag"] and all(c.isalnum() or c == "-" for c in info["tag"])
@@ -204,7 +210,7 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     args = parser.parse_args(["--quick", "--only", "fake", "--bench-dir", str(bench_dir)])
     assert bench.run(args) == 0
     out = capsys.readouterr().out
-    out_dir = bench_dir / "results" / (bench.machine_info()["tag"] + "-quick")
+    out_dir = bench_dir / "results" / (bench.machine_info()["tag"] + "-quick-partial")
     assert f"wrote {out_dir / 'results.json'}" in out
     table = out[out.index("operation"):].splitlines()
     assert table[2].split()[:3] == ["fake", "quick", "int"] and table[2].split()[-1] == "yes"
