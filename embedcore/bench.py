@@ -167,7 +167,8 @@ def pytest_command(files: list[Path], json_path: Path, quick: bool, keyword: str
     cmd = [sys.executable, "-m", "pytest", *map(str, files), "--benchmark-only",
            f"--benchmark-json={json_path}", "--benchmark-save-data",
            "--benchmark-columns=median,iqr,rounds", "-o", "python_files=bench_*.py",
-           "-p", "no:cacheprovider", "-q"]
+           "-p", "no:cacheprovider", "-q",
+           "--continue-on-collection-errors"]  # one broken file must not sink the others' results
     if quick:  # fewer rounds: the shapes are small already, medians settle fast
         cmd += ["--benchmark-max-time=0.25", "--benchmark-min-rounds=3"]
     if keyword:

@@ -205,10 +205,15 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     bench_dir = tmp_path / "benchmarks"
     bench_dir.mkdir()
     (bench_dir / "bench_fake.py").write_text(FAKE_BENCH)
+    (bench_dir / "bench_broken.py").write_text("import no_such_module_anywhere\n")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--quick", "--only", "fake", "--bench-dir", str(bench_dir)])
     assert bench.run(args) == 0
+    # A file that cannot even be imported fails the run, but the other files' results are kept.
+    args = parser.parse_args(["--quick", "--bench-dir", str(bench_dir), "--output", str(tmp_path / "all")])
+    assert bench.run(args) != 0
+    assert json.loads((tmp_path / "all" / "results.json").read_text())["rows"]
     out = capsys.readouterr().out
     out_dir = bench_dir / "results" / (bench.machine_info()["tag"] + "-quick-partial")
     assert f"wrote {out_dir / 'results.json'}" in out
