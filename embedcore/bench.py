@@ -472,52 +472,60 @@ def plot_charts(rows: list[dict[str, Any]], summary: list[dict[str, Any]], out_d
         groups = list(dict.fromkeys(r["group"] for r in op_rows))
         providers = sorted(dict.fromkeys(r["provider"] for r in op_rows),
                            key=lambda p: (not p.startswith("embedcore"), p))  # embedcore first
-        width = 0.8 / len(providers)
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) * max(1, len(providers) / 2)), 4.2))
+        height = 0.8 / len(providers)
+        fig, ax = plt.subplots(figsize=(10.0, 1.2 + 0.22 * len(groups) * len(providers) + 0.25 * len(groups)))
         for i, provider in enumerate(providers):
-            xs, ys, err = [], [], [[], []]
+            ys, xs, err = [], [], [[], []]
             for g, group in enumerate(groups):
                 match = [r for r in op_rows if r["group"] == group and r["provider"] == provider]
                 if match:
                     r = match[0]
-                    xs.append(g + (i - (len(providers) - 1) / 2) * width)
-                    ys.append(r["median"] * 1e3)
+                    ys.append(g + (i - (len(providers) - 1) / 2) * height)
+                    xs.append(r["median"] * 1e3)
                     err[0].append(max(0.0, r["median"] - r["p20"]) * 1e3)
                     err[1].append(max(0.0, r["p80"] - r["median"]) * 1e3)
-            ax.bar(xs, ys, width, yerr=err, capsize=2, label=provider)
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([g.split(":", 1)[-1].strip() for g in groups], rotation=20, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("median time per call (ms, log)")
-        ax.set_title(f"{op}: lower is better (whiskers: p20–p80)")
-        ax.legend(fontsize=8)
+            ax.barh(ys, xs, height, xerr=err, capsize=2, label=provider)
+        ax.set_yticks(range(len(groups)))
+        ax.set_yticklabels([g.split(":", 1)[-1].strip() for g in groups], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("median time per call (ms, log scale); whiskers: p20-p80")
+        ax.set_title(f"{op}: shorter is faster")
+        ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         path = out_dir / f"{_slug(op)}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels stay whole
         plt.close(fig)
         paths.append(path)
 
     judged = [line for line in summary if line["ratio"] is not None]
     if judged:
-        fig, ax = plt.subplots(figsize=(8.0, max(2.5, 0.32 * len(judged) + 1.2)))
+        fig, ax = plt.subplots(figsize=(12.5, max(2.5, 0.3 * len(judged) + 1.4)))
         labels = [f"{line['op']}: {line['label']}"
                   + ("" if line["provider"] == "embedcore" else f" [{line['provider']}]") for line in judged]
         ratios = [line["ratio"] for line in judged]
         colors = ["tab:green" if line["met"] else ("tab:red" if line["met"] is False else "tab:blue")
                   for line in judged]
         ys = range(len(judged))
-        ax.barh(ys, ratios, color=colors)
+        # Bars grow from 1x (parity) on a log axis: faster to the right, slower to the left.
+        ax.barh(ys, [r - 1.0 for r in ratios], left=1.0, color=colors)
+        ax.set_xscale("log")
         for y, line in zip(ys, judged):
+            faster = line["ratio"] >= 1
+            ax.annotate(f"{line['ratio']:.2f}x", (line["ratio"], y), xytext=(3 if faster else -3, 0),
+                        textcoords="offset points", va="center", ha="left" if faster else "right", fontsize=6)
             if line["goal"] is not None:
                 ax.plot([line["goal"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
+        lo, hi = min([*ratios, 1.0]), max([*ratios, 1.0])
+        ax.set_xlim(lo / 2.5, hi * 2.5)  # room for the labels
         ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_yticks(list(ys))
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("speed-up vs fastest baseline (black tick: goal; green met, red missed)")
+        ax.set_xlabel("speed-up vs the fastest baseline, log scale (black tick: goal; green met, red missed)")
         fig.tight_layout()
         path = out_dir / "speedups.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels stay whole
         plt.close(fig)
         paths.append(path)
     return paths
