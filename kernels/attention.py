@@ -55,7 +55,9 @@ def _attn_fwd_kernel(
     d_valid = offs_d < HEAD_DIM
     kv_head = head // GROUP
 
-    q_ptrs = Q + (seq_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    # int64 row offsets: total_tokens * heads * head_dim may pass 2**31 elements.
+    rows_m = (seq_start + offs_m).to(tl.int64)
+    q_ptrs = Q + rows_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
@@ -78,7 +80,8 @@ def _attn_fwd_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_valid = offs_n < seqlen
-        k_ptrs = K + (seq_start + offs_n)[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None]
+        rows_n = (seq_start + offs_n).to(tl.int64)
+        k_ptrs = K + rows_n[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None]
         k = tl.load(k_ptrs, mask=n_valid[None, :] & d_valid[:, None], other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
@@ -105,7 +108,7 @@ def _attn_fwd_kernel(
         p = tl.math.exp2(s - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = V + (seq_start + offs_n)[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :]
+        v_ptrs = V + rows_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :]
         v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
         # p is rounded to the input dtype for the tensor-core product, as in FlashAttention.
         p = p.to(Q.dtype.element_ty)
@@ -120,7 +123,7 @@ def _attn_fwd_kernel(
 
     # Every real query sees at least itself (l_i > 0); rows past the sequence end may see nothing.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    o_ptrs = Out + (seq_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
+    o_ptrs = Out + rows_m[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
 
 
