@@ -1504,34 +1504,33 @@ def write_outputs(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from embedcore.bench import draw_speedups
+
     judged = [line for line in lines if line["ratio"] is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.0, 0.4 * len(judged) + 1.5)), sharey=True)
-    ys = list(range(len(judged)))
-    ax1.barh(
-        ys,
-        [line["ratio"] for line in judged],
-        color=[
-            "tab:green" if line["met"] else "tab:red" if line["met"] is False else "tab:blue"
-            for line in judged
-        ],
+    fig, (ax1, ax2) = plt.subplots(
+        1,
+        2,
+        figsize=(14, max(3.0, 0.35 * len(judged) + 1.5)),
+        sharey=True,
+        gridspec_kw={"width_ratios": [3, 2]},
     )
-    for y, line in zip(ys, judged):
-        if line["goal"] is not None:
-            ax1.plot([line["goal"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
-    ax1.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax1.set_yticks(ys)
-    ax1.set_yticklabels([line["group"] for line in judged], fontsize=7)
-    ax1.invert_yaxis()
-    ax1.set_xlabel("speed-up vs baseline (black tick: goal)")
+    draw_speedups(ax1, judged, [f"{line['group']} [{line['baseline']}]" for line in judged])
+    ax1.set_xlabel("speed-up vs the baseline (log scale; black tick: goal)")
+    ys = range(len(judged))
     ax2.barh(ys, [100 * (line["ceiling_fraction"] or 0) for line in judged], color="tab:purple")
-    ax2.set_xlabel("embedcore, % of measured ceiling (copy GB/s or matmul TFLOP/s)")
+    for y, line in zip(ys, judged):
+        if line["ceiling_goal"] is not None:
+            ax2.plot([100 * line["ceiling_goal"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
+    ax2.set_xlim(0, 110)
+    ax2.axvline(100, color="grey", linestyle="--", linewidth=1)
+    ax2.set_xlabel("% of the measured ceiling: copy GB/s or matmul TFLOP/s")
     fig.suptitle(
         f"embedcore GPU suite{' (DRY RUN: CPU, interpreter, meaningless timings)' if suite.dry else ''}: "
         f"{suite.device_name}, {suite.timestamp}",
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
+    fig.savefig(paths[2], dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
 

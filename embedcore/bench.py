@@ -456,6 +456,31 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
     return "\n".join(parts) + "\n"
 
 
+def draw_speedups(ax: Any, lines: list[dict[str, Any]], labels: list[str]) -> None:
+    """Horizontal bars of each line's ratio on a log axis, growing from parity (1x): faster to the
+    right, slower to the left; green where the goal is met, red where missed, black ticks at goals."""
+    ratios = [line["ratio"] for line in lines]
+    colors = ["tab:green" if line["met"] else ("tab:red" if line["met"] is False else "tab:blue")
+              for line in lines]
+    ys = range(len(lines))
+    ax.barh(ys, [r - 1.0 for r in ratios], left=1.0, color=colors)
+    ax.set_xscale("log")
+    for y, line in zip(ys, lines):
+        faster = line["ratio"] >= 1
+        ax.annotate(f"{line['ratio']:.3g}x", (line["ratio"], y), xytext=(3 if faster else -3, 0),
+                    textcoords="offset points", va="center", ha="left" if faster else "right", fontsize=6)
+        if line["goal"] is not None:
+            ax.plot([line["goal"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
+    goals = [line["goal"] for line in lines if line["goal"] is not None]
+    lo, hi = min([*ratios, *goals, 1.0]), max([*ratios, *goals, 1.0])
+    ax.set_xlim(lo / 2.5, hi * 2.5)  # room for the labels
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up vs the fastest baseline, log scale (black tick: goal; green met, red missed)")
+
+
 def plot_charts(rows: list[dict[str, Any]], summary: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """One bar chart per operation (median time per provider and group, p20–p80 whiskers, log scale)
     and ``speedups.png`` (ratio per comparison, goal marked). Returns the files written."""
@@ -501,28 +526,9 @@ def plot_charts(rows: list[dict[str, Any]], summary: list[dict[str, Any]], out_d
     judged = [line for line in summary if line["ratio"] is not None]
     if judged:
         fig, ax = plt.subplots(figsize=(12.5, max(2.5, 0.3 * len(judged) + 1.4)))
-        labels = [f"{line['op']}: {line['label']}"
-                  + ("" if line["provider"] == "embedcore" else f" [{line['provider']}]") for line in judged]
-        ratios = [line["ratio"] for line in judged]
-        colors = ["tab:green" if line["met"] else ("tab:red" if line["met"] is False else "tab:blue")
-                  for line in judged]
-        ys = range(len(judged))
-        # Bars grow from 1x (parity) on a log axis: faster to the right, slower to the left.
-        ax.barh(ys, [r - 1.0 for r in ratios], left=1.0, color=colors)
-        ax.set_xscale("log")
-        for y, line in zip(ys, judged):
-            faster = line["ratio"] >= 1
-            ax.annotate(f"{line['ratio']:.2f}x", (line["ratio"], y), xytext=(3 if faster else -3, 0),
-                        textcoords="offset points", va="center", ha="left" if faster else "right", fontsize=6)
-            if line["goal"] is not None:
-                ax.plot([line["goal"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
-        lo, hi = min([*ratios, 1.0]), max([*ratios, 1.0])
-        ax.set_xlim(lo / 2.5, hi * 2.5)  # room for the labels
-        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels(labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("speed-up vs the fastest baseline, log scale (black tick: goal; green met, red missed)")
+        draw_speedups(ax, judged, [f"{line['op']}: {line['label']}"
+                                   + ("" if line["provider"] == "embedcore" else f" [{line['provider']}]")
+                                   for line in judged])
         fig.tight_layout()
         path = out_dir / "speedups.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels stay whole
