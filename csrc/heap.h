@@ -22,6 +22,8 @@ struct RankLargest {
     else return std::numeric_limits<T>::lowest();
   }
   static bool better(T a, int64_t ia, T b, int64_t ib) { return a > b || (a == b && ia < ib); }
+  // Whether a value could enter a heap whose worst kept value is b (a cheap, index-free pre-filter).
+  static bool may_enter(T a, T b) { return a >= b; }
 };
 
 // Smaller values rank first (distances). worst() is +inf for floats, the largest value for integers.
@@ -32,6 +34,7 @@ struct RankSmallest {
     else return std::numeric_limits<T>::max();
   }
   static bool better(T a, int64_t ia, T b, int64_t ib) { return a < b || (a == b && ia < ib); }
+  static bool may_enter(T a, T b) { return a <= b; }
 };
 
 // Sentinel index: loses every tie, so a real element with the sentinel's value still enters.

@@ -92,26 +92,29 @@ inline __m256i tail_mask8(int64_t rem) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
 }
 
+template <bool L2>
+inline __m256 fold(__m256 acc, __m256 qv, __m256 cv) {
+  if constexpr (L2) {
+    const __m256 diff = _mm256_sub_ps(qv, cv);
+    return _mm256_fmadd_ps(diff, diff, acc);
+  } else {
+    return _mm256_fmadd_ps(qv, cv, acc);
+  }
+}
+
+// Loops written out (no lambda capturing the accumulators, which would keep them in memory).
 template <int QN, int RN, bool L2>
 inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
   __m256 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
-  auto fold = [&](int a, int b, __m256 qv, __m256 cv) {
-    if constexpr (L2) {
-      const __m256 diff = _mm256_sub_ps(qv, cv);
-      acc[a][b] = _mm256_fmadd_ps(diff, diff, acc[a][b]);
-    } else {
-      acc[a][b] = _mm256_fmadd_ps(qv, cv, acc[a][b]);
-    }
-  };
   const int64_t dfull = d & ~int64_t(7);
   for (int64_t t = 0; t < dfull; t += 8) {
     __m256 cv[RN];
     for (int b = 0; b < RN; ++b) cv[b] = _mm256_loadu_ps(c + b * d + t);
     for (int a = 0; a < QN; ++a) {
       const __m256 qv = _mm256_loadu_ps(q + a * d + t);
-      for (int b = 0; b < RN; ++b) fold(a, b, qv, cv[b]);
+      for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
   if (d > dfull) {  // masked tail: zeros beyond d, no read past the end
@@ -120,7 +123,7 @@ inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int
     for (int b = 0; b < RN; ++b) cv[b] = _mm256_maskload_ps(c + b * d + dfull, m);
     for (int a = 0; a < QN; ++a) {
       const __m256 qv = _mm256_maskload_ps(q + a * d + dfull, m);
-      for (int b = 0; b < RN; ++b) fold(a, b, qv, cv[b]);
+      for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
   for (int a = 0; a < QN; ++a)

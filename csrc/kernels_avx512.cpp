@@ -2,6 +2,8 @@
 // called only when the CPU reports them.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "kernels.h"
 #include "tile_grid.h"
 
@@ -93,29 +95,40 @@ inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
+#define EC_INLINE inline __attribute__((always_inline))
+
+// One 16-float chunk of every pair; `load` is an unmasked or a masked load (the same values, so the
+// same arithmetic: a pair's score does not depend on which was used). Always inlined: GCC keeps the
+// accumulators in registers only when the step is inlined into the micro-kernel's loop.
+template <int QN, int RN, bool L2, typename Load>
+EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const float* c, int64_t d, int64_t t, Load load) {
+  __m512 cv[RN];
+  for (int b = 0; b < RN; ++b) cv[b] = load(c + b * d + t);
+  for (int a = 0; a < QN; ++a) {
+    const __m512 qv = load(q + a * d + t);
+    for (int b = 0; b < RN; ++b) {
+      if constexpr (L2) {
+        const __m512 diff = _mm512_sub_ps(qv, cv[b]);
+        acc[a][b] = _mm512_fmadd_ps(diff, diff, acc[a][b]);
+      } else {
+        acc[a][b] = _mm512_fmadd_ps(qv, cv[b], acc[a][b]);
+      }
+    }
+  }
+}
+
 template <int QN, int RN, bool L2>
 inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
   __m512 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_ps();
   const int64_t dfull = d & ~int64_t(15);
-  auto step = [&](int64_t t, __mmask16 m) {
-    __m512 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = _mm512_maskz_loadu_ps(m, c + b * d + t);
-    for (int a = 0; a < QN; ++a) {
-      const __m512 qv = _mm512_maskz_loadu_ps(m, q + a * d + t);
-      for (int b = 0; b < RN; ++b) {
-        if constexpr (L2) {
-          const __m512 diff = _mm512_sub_ps(qv, cv[b]);
-          acc[a][b] = _mm512_fmadd_ps(diff, diff, acc[a][b]);
-        } else {
-          acc[a][b] = _mm512_fmadd_ps(qv, cv[b], acc[a][b]);
-        }
-      }
-    }
-  };
-  for (int64_t t = 0; t < dfull; t += 16) step(t, __mmask16(0xFFFF));
-  if (d > dfull) step(dfull, tail_mask16(d - dfull));
+  for (int64_t t = 0; t < dfull; t += 16)
+    step_f32<QN, RN, L2>(acc, q, c, d, t, [](const float* p) { return _mm512_loadu_ps(p); });
+  if (d > dfull) {
+    const __mmask16 m = tail_mask16(d - dfull);
+    step_f32<QN, RN, L2>(acc, q, c, d, dfull, [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); });
+  }
   const __m512 zero = _mm512_setzero_ps();
   for (int a = 0; a < QN; ++a) {
     if constexpr (RN == 4)
@@ -151,17 +164,15 @@ inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, 
   __m512i acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_si512();
-  const int64_t dfull = d & ~int64_t(31);
-  auto step = [&](int64_t t, __mmask32 m) {
+  for (int64_t t = 0; t < d; t += 32) {
+    const __mmask32 m = d - t >= 32 ? ~__mmask32(0) : tail_mask32(d - t);
     __m512i cv[RN];
     for (int b = 0; b < RN; ++b) cv[b] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, c + b * d + t));
     for (int a = 0; a < QN; ++a) {
       const __m512i qv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, q + a * d + t));
       for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_add_epi32(acc[a][b], _mm512_madd_epi16(qv, cv[b]));
     }
-  };
-  for (int64_t t = 0; t < dfull; t += 32) step(t, ~__mmask32(0));
-  if (d > dfull) step(dfull, tail_mask32(d - dfull));
+  }
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]);
 }
@@ -178,8 +189,8 @@ __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q,
   }
   const __m512i sign = _mm512_set1_epi8(char(0x80));
   const __m512i ones = _mm512_set1_epi8(1);
-  const int64_t dfull = d & ~int64_t(63);
-  auto step = [&](int64_t t, __mmask64 m) {
+  for (int64_t t = 0; t < d; t += 64) {
+    const __mmask64 m = tail_mask64(d - t);
     __m512i cv[RN];
     for (int b = 0; b < RN; ++b) {
       cv[b] = _mm512_maskz_loadu_epi8(m, c + b * d + t);
@@ -189,9 +200,7 @@ __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q,
       const __m512i qv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, q + a * d + t), sign);
       for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], qv, cv[b]);
     }
-  };
-  for (int64_t t = 0; t < dfull; t += 64) step(t, ~__mmask64(0));
-  if (d > dfull) step(dfull, tail_mask64(d - dfull));
+  }
   for (int b = 0; b < RN; ++b) {
     const int32_t shift = 128 * _mm512_reduce_add_epi32(csum[b]);
     for (int a = 0; a < QN; ++a) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]) - shift;
@@ -217,31 +226,59 @@ void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, 
   tile_dot_i8_impl<true>(q, nq, c, nr, d, out);
 }
 
-template <int QN, int RN>
-inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
-  __m512i acc[QN][RN];
+// [sum(v[0]), ..., sum(v[7])] of eight vectors of eight int64 lanes, by a transposing add tree.
+inline __m512i reduce8_epi64(const __m512i* v) {
+  auto pair = [](__m512i a, __m512i b) {  // 128-bit lane l: [a(2l) + a(2l+1), b(2l) + b(2l+1)]
+    return _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+  };
+  auto halves = [](__m512i a, __m512i b) {  // lanes 0, 2 of a and b plus lanes 1, 3 of a and b
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, 0x88), _mm512_shuffle_i64x2(a, b, 0xDD));
+  };
+  const __m512i q0123 = halves(pair(v[0], v[1]), pair(v[2], v[3]));
+  const __m512i q4567 = halves(pair(v[4], v[5]), pair(v[6], v[7]));
+  return halves(q0123, q4567);
+}
+
+// QN queries x 8 rows: XOR + VPOPCNTQ per 64-byte chunk, one transposed reduction per query.
+// Unmasked row loads (kMaskedRows false) may read up to 63 bytes past a row: the caller guarantees
+// they stay inside the tile, and `keep` clears the bytes past the row after the XOR. Byte-masked
+// loads of rows streamed from memory ran at half the speed here, so only the tile's end uses them.
+template <int QN, bool kMaskedRows>
+inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
+  __m512i acc[QN][8];
   for (int a = 0; a < QN; ++a)
-    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_si512();
-  const int64_t full = nb & ~int64_t(63);
-  auto step = [&](int64_t t, __mmask64 m) {
-    __m512i cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = _mm512_maskz_loadu_epi8(m, c + b * nb + t);
+    for (int b = 0; b < 8; ++b) acc[a][b] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < nb; t += 64) {
+    const __mmask64 m = tail_mask64(nb - t);
+    const __m512i keep = _mm512_movm_epi8(m);
+    __m512i cv[8];
+    for (int b = 0; b < 8; ++b)
+      cv[b] = kMaskedRows ? _mm512_maskz_loadu_epi8(m, c + b * nb + t) : _mm512_loadu_si512(c + b * nb + t);
     for (int a = 0; a < QN; ++a) {
       const __m512i qv = _mm512_maskz_loadu_epi8(m, q + a * nb + t);
-      for (int b = 0; b < RN; ++b)
-        acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(_mm512_xor_si512(qv, cv[b])));
+      for (int b = 0; b < 8; ++b) {
+        const __m512i x = _mm512_and_si512(_mm512_xor_si512(qv, cv[b]), keep);
+        acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(x));
+      }
     }
-  };
-  for (int64_t t = 0; t < full; t += 64) step(t, ~__mmask64(0));
-  if (nb > full) step(full, tail_mask64(nb - full));
+  }
   for (int a = 0; a < QN; ++a)
-    for (int b = 0; b < RN; ++b) out[a * ld + b] = int32_t(_mm512_reduce_add_epi64(acc[a][b]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + a * ld), _mm512_cvtepi64_epi32(reduce8_epi64(acc[a])));
 }
 
 void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
-  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
-    micro_hamming<decltype(qn)::value, decltype(rn)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
-  });
+  auto group = [&](auto masked, int64_t j) {
+    int64_t i = 0;
+    for (; i + 2 <= nq; i += 2)
+      micro_hamming8<2, decltype(masked)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
+    if (i < nq) micro_hamming8<1, decltype(masked)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
+  };
+  int64_t j = 0;
+  // Groups whose unmasked reads (up to 63 bytes past their last row) stay inside the tile.
+  for (; (j + 8) * nb + 64 <= nr * nb; j += 8) group(std::false_type{}, j);
+  for (; j + 8 <= nr; j += 8) group(std::true_type{}, j);
+  for (; j < nr; ++j)  // fewer than 8 rows left: one pair at a time (exact: no tree to match)
+    for (int64_t i = 0; i < nq; ++i) out[i * nr + j] = int32_t(hamming(q + i * nb, c + j * nb, size_t(nb)));
 }
 
 void rows_f16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {

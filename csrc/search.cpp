@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -22,10 +23,12 @@ constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x quer
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
 
 // Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
-// float score is not finite.
+// float score is not finite. Most scores cannot enter: a vectorisable pass flags the candidates
+// against the current worst kept value, and only flagged scores take the exact (value, index) test.
 template <typename S, typename Rank>
 bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S, Rank>* heaps) {
   bool finite = true;
+  alignas(64) uint8_t flag[kTileRows];
   for (int64_t i = 0; i < nqb; ++i) {
     TopKHeap<S, Rank>& h = heaps[i];
     const S* row = tile + i * nr;
@@ -34,8 +37,20 @@ bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S,
       for (int64_t j = 0; j < nr; ++j) bad |= !(std::fabs(row[j]) <= std::numeric_limits<S>::max());
       finite &= (bad == 0);
     }
-    for (int64_t j = 0; j < nr; ++j)
-      if (Rank::better(row[j], base + j, h.val[0], h.idx[0])) h.replace_top(row[j], base + j);
+    for (int64_t j0 = 0; j0 < nr; j0 += kTileRows) {
+      const int64_t len = std::min(kTileRows, nr - j0);
+      const S bound = h.val[0];
+      for (int64_t j = 0; j < len; ++j) flag[j] = uint8_t(Rank::may_enter(row[j0 + j], bound));
+      for (int64_t g = 0; g < len; g += 8) {
+        uint64_t word = 0;
+        std::memcpy(&word, flag + g, size_t(std::min<int64_t>(8, len - g)));
+        while (word) {  // flags are 0/1 bytes: bit 8m set for a candidate at g + m
+          const int64_t j = j0 + g + (__builtin_ctzll(word) >> 3);
+          word &= word - 1;
+          if (Rank::better(row[j], base + j, h.val[0], h.idx[0])) h.replace_top(row[j], base + j);
+        }
+      }
+    }
   }
   return finite;
 }
