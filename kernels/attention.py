@@ -197,3 +197,26 @@ def attention_fwd(
     )
     return out
 
+
+def compile_ahead(
+    arch: int, dtype: torch.dtype, head_dim: int, causal: bool, window: bool, softcap: bool, group: int = 1
+) -> object:
+    """Compiles the kernel for ``sm_<arch>`` without a GPU, with the launcher's tile choice (a check
+    that every variant lowers to a cubin and fits shared memory; ``.metadata.shared`` holds the bytes).
+    Needs Triton compiled mode (not ``TRITON_INTERPRET``) and its bundled ptxas."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    signature = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}", "cu_seqlens": "*i32"}
+    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot",
+                 "stride_oh", "num_heads", "window"):
+        signature[name] = "i32"
+    signature.update(qk_scale="fp32", softcap="fp32")
+    block_m, block_n, num_warps, num_stages = _blocks(head_dim, dtype)
+    constants = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                     BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, HAS_WINDOW=window, HAS_SOFTCAP=softcap,
+                     IEEE=dtype == torch.float32, UPCAST=False)
+    source = ASTSource(_attn_fwd_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})

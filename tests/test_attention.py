@@ -197,6 +197,35 @@ def test_bad_input():
         ec.attention(q, k, v, causal=1)
 
 
+_COMPILE_SCRIPT = """
+import torch
+from embedcore.kernels.attention import compile_ahead
+for arch, dtype, d, causal, window, softcap in [
+    (80, torch.bfloat16, 128, True, True, True), (80, torch.float32, 256, False, True, False),
+    (90, torch.float16, 256, False, False, False), (90, torch.bfloat16, 64, False, False, True),
+]:
+    k = compile_ahead(arch, dtype, d, causal, window, softcap, group=4)
+    assert "cubin" in k.asm, (arch, dtype, d)
+    print(arch, dtype, d, k.metadata.shared)
+"""
+
+
+def test_kernel_compiles_for_gpus():
+    """The GPU build of the kernel (no GPU needed): lowers to sm_80 and sm_90 cubins whose shared memory
+    fits the ~99 KB of every CUDA GPU since Ampere."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="Triton without its CUDA backend")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared = [int(line.split()[-1]) for line in run.stdout.splitlines()]
+    assert len(shared) == 4 and max(shared) <= 99 * 1024, run.stdout
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("d", KERNEL_HEAD_DIMS)
