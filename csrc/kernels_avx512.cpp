@@ -177,8 +177,32 @@ inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, 
     for (int b = 0; b < RN; ++b) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]);
 }
 
+// [sum(a), sum(b), sum(c), sum(d)] of four vectors of 16 int32 lanes.
+inline __m128i reduce4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
+  auto fold = [](__m512i v) { return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)); };
+  const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(fold(a), fold(b)), _mm256_hadd_epi32(fold(c), fold(d)));
+  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
 // int8 dot with VNNI: dpbusd multiplies unsigned by signed bytes, so the query is shifted to
 // q + 128 (an XOR of the sign bit) and 128 * sum(c) is subtracted at the end (exact in int32).
+template <int QN, int RN, typename Load>
+__attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], __m512i (&csum)[RN],
+                                                                  const int8_t* q, const int8_t* c, int64_t d,
+                                                                  int64_t t, Load load) {
+  const __m512i sign = _mm512_set1_epi8(char(0x80));
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i cv[RN];
+  for (int b = 0; b < RN; ++b) {
+    cv[b] = load(c + b * d + t);
+    csum[b] = _mm512_dpbusd_epi32(csum[b], ones, cv[b]);
+  }
+  for (int a = 0; a < QN; ++a) {
+    const __m512i qv = _mm512_xor_si512(load(q + a * d + t), sign);
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], qv, cv[b]);
+  }
+}
+
 template <int QN, int RN>
 __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
                                                                 int32_t* out, int64_t ld) {
@@ -187,23 +211,23 @@ __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q,
     csum[b] = _mm512_setzero_si512();
     for (int a = 0; a < QN; ++a) acc[a][b] = _mm512_setzero_si512();
   }
-  const __m512i sign = _mm512_set1_epi8(char(0x80));
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t t = 0; t < d; t += 64) {
-    const __mmask64 m = tail_mask64(d - t);
-    __m512i cv[RN];
-    for (int b = 0; b < RN; ++b) {
-      cv[b] = _mm512_maskz_loadu_epi8(m, c + b * d + t);
-      csum[b] = _mm512_dpbusd_epi32(csum[b], ones, cv[b]);
-    }
-    for (int a = 0; a < QN; ++a) {
-      const __m512i qv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, q + a * d + t), sign);
-      for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], qv, cv[b]);
-    }
+  const int64_t dfull = d & ~int64_t(63);
+  for (int64_t t = 0; t < dfull; t += 64)
+    step_i8_vnni<QN, RN>(acc, csum, q, c, d, t, [](const int8_t* p) { return _mm512_loadu_si512(p); });
+  if (d > dfull) {  // masked tail: the zero bytes add nothing (q + 128 times c = 0)
+    const __mmask64 m = tail_mask64(d - dfull);
+    step_i8_vnni<QN, RN>(acc, csum, q, c, d, dfull, [m](const int8_t* p) { return _mm512_maskz_loadu_epi8(m, p); });
   }
-  for (int b = 0; b < RN; ++b) {
-    const int32_t shift = 128 * _mm512_reduce_add_epi32(csum[b]);
-    for (int a = 0; a < QN; ++a) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]) - shift;
+  if constexpr (RN == 4) {  // four sums per transposed reduction instead of one (exact integers)
+    const __m128i shift = _mm_slli_epi32(reduce4_epi32(csum[0], csum[1], csum[2], csum[3]), 7);
+    for (int a = 0; a < QN; ++a)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + a * ld),
+                       _mm_sub_epi32(reduce4_epi32(acc[a][0], acc[a][1], acc[a][2], acc[a][3]), shift));
+  } else {
+    for (int b = 0; b < RN; ++b) {
+      const int32_t shift = 128 * _mm512_reduce_add_epi32(csum[b]);
+      for (int a = 0; a < QN; ++a) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]) - shift;
+    }
   }
 }
 
