@@ -32,6 +32,7 @@ _EXPORTS = {
     "pool_varlen": "embedcore.ops.pooling",
     "quantize": "embedcore.ops.quantize",
     "quantization_ranges": "embedcore.ops.quantize",
+    "dequantize": "embedcore.ops.quantize",
     "search": "embedcore.ops.search",
     "bidirectional": "embedcore.models.patching",
     "accelerate": "embedcore.models.accelerate",
