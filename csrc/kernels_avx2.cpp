@@ -92,6 +92,18 @@ inline __m256i tail_mask8(int64_t rem) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
 }
 
+// Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
+// single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
+inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+inline __m128i reduce4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
 template <bool L2>
 inline __m256 fold(__m256 acc, __m256 qv, __m256 cv) {
   if constexpr (L2) {
@@ -126,8 +138,13 @@ inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
-  for (int a = 0; a < QN; ++a)
-    for (int b = 0; b < RN; ++b) out[a * ld + b] = hsum256(acc[a][b]);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int a = 0; a < QN; ++a) {
+    if constexpr (RN == 4)
+      _mm_storeu_ps(out + a * ld, reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
+    else
+      out[a * ld] = _mm_cvtss_f32(reduce4(acc[a][0], zero, zero, zero));
+  }
 }
 
 template <bool L2>
@@ -161,12 +178,15 @@ inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, 
       for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_add_epi32(acc[a][b], _mm256_madd_epi16(qv, cv[b]));
     }
   }
-  for (int a = 0; a < QN; ++a)
-    for (int b = 0; b < RN; ++b) {
-      int32_t s = hsum256_epi32(acc[a][b]);
-      for (int64_t t = dfull; t < d; ++t) s += int32_t(q[a * d + t]) * int32_t(c[b * d + t]);
-      out[a * ld + b] = s;
-    }
+  for (int a = 0; a < QN; ++a) {
+    if constexpr (RN == 4)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + a * ld),
+                       reduce4_epi32(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
+    else
+      out[a * ld] = hsum256_epi32(acc[a][0]);
+    for (int b = 0; b < RN; ++b)
+      for (int64_t t = dfull; t < d; ++t) out[a * ld + b] += int32_t(q[a * d + t]) * int32_t(c[b * d + t]);
+  }
 }
 
 void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
