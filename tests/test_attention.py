@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import embedcore as ec
+from embedcore import _backend
 from embedcore.ops.attention import KERNEL_HEAD_DIMS, attention_reference, pad_input, unpad_input
 
 from helpers import assert_close
@@ -157,6 +158,16 @@ def test_length_one_attends_to_itself_only():
     assert_close(out, v, atol=1e-6, name="length-1 output is its value")
 
 
+def test_kernel_is_forward_only():
+    if _backend.triton_mode() != "interpreted":
+        pytest.skip("CPU tensors reach the kernel only under TRITON_INTERPRET=1 (see test_cuda_kernel)")
+    q, k, v = qkv(10, 4, 2, 32)
+    with pytest.raises(ValueError, match="forward-only"):
+        ec.attention(q.requires_grad_(), k, v)
+    with torch.no_grad():
+        assert ec.attention(q, k, v).shape == q.shape
+
+
 def test_unpad_pad_roundtrip():
     x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]])
@@ -238,6 +249,8 @@ def test_cuda_kernel(dtype, d):
         err_kernel = float((ec.attention(q, k, v, c, **opts).float() - ref).abs().max())
         err_naive = float((naive(q, k, v, c, **opts).float() - ref).abs().max())
         assert err_kernel <= 2 * err_naive + 1e-4, (opts, err_kernel, err_naive)
+    with pytest.raises(ValueError, match="forward-only"):
+        ec.attention(q.requires_grad_(), k, v, c)
 
 
 @pytest.mark.cuda

@@ -271,6 +271,12 @@ def _attention_varlen(
 ) -> torch.Tensor:
     """Dispatch on already-checked inputs (``bounds``: cu_seqlens on the host, or None on CUDA)."""
     if _backend.use_triton(q) and kernel_supports(q):
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            # The kernel has no backward: refuse rather than return a result that silently drops grads.
+            raise ValueError(
+                "the attention kernel is forward-only (inference): run under torch.no_grad() or "
+                "torch.inference_mode(), or pass tensors that do not require grad"
+            )
         from embedcore.kernels.attention import attention_fwd
 
         return attention_fwd(q, k, v, cu_seqlens, max_seqlen, causal, scale, window, softcap)
@@ -316,7 +322,8 @@ def attention(
         attention_mask: (B, T) key-padding mask for the padded form.
 
     Returns:
-        Same layout and dtype as ``q``. The softmax runs in float32 on every path.
+        Same layout and dtype as ``q``. The softmax runs in float32 on every path. The Triton kernel is
+        forward-only: it refuses inputs that require grad while grad mode is on.
 
     The Triton kernel takes head_dim in {32, 64, 80, 96, 128, 256}; other head dims raise a ValueError on
     CUDA and run through SDPA on the CPU.
