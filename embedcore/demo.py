@@ -6,7 +6,7 @@
    version, and written atomically; the second run reuses them.
 2. Builds a binary index with int8 rescoring (cached on disk too, loaded memory-mapped) and
    float32, int8 and binary indexes for comparison.
-3. Prints recall@10 against exact float search for each format, mean single-query latency of
+3. Prints recall@10 against exact float search for each format, single-query latency (mean, median) of
    embedcore, FAISS (IndexFlatIP, IndexScalarQuantizer 8-bit, IndexBinaryFlat) and numpy on the same
    data, index bytes per vector, encode throughput, and the smallest rescore multiplier that reaches
    a requested recall (estimated on corpus rows used as queries).
@@ -147,15 +147,18 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth)]))
 
 
-def _mean_ms(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
-    """Mean wall time of ``fn`` over single queries, in milliseconds (after one warm-up call)."""
+def _latency_ms(fn: Callable[[np.ndarray], Any] | None, queries: np.ndarray) -> tuple[float, float] | None:
+    """(mean, median) wall time of ``fn`` over single queries in milliseconds, after one warm-up
+    call; None for a missing ``fn``. The median shows what a busy machine does to the mean."""
+    if fn is None:
+        return None
     fn(queries[:1])
-    total = 0.0
+    times = []
     for i in range(len(queries)):
         start = time.perf_counter()
         fn(queries[i : i + 1])
-        total += time.perf_counter() - start
-    return 1e3 * total / len(queries)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.mean(times)), 1e3 * float(np.median(times))
 
 
 def _numpy_top(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
@@ -312,25 +315,25 @@ def run(args: argparse.Namespace) -> int:
     for key, name, index, fn in methods:
         recalls[key] = _recall(fn(queries)[1], truth)
         faiss_fn, numpy_fn = base.get(key, (None, None))
-        ours = _mean_ms(fn, lat_q)
-        theirs = _mean_ms(faiss_fn, lat_q) if faiss_fn else None
-        plain = _mean_ms(numpy_fn, lat_q) if numpy_fn else None
+        ours, theirs, plain = (_latency_ms(f, lat_q) for f in (fn, faiss_fn, numpy_fn))
+        cell = lambda t: "-" if t is None else f"{t[0]:.3f} ({t[1]:.3f})"
         table.append(
             [
                 name,
                 f"{index.nbytes / len(index):.0f}",
                 f"{recalls[key]:.4f}",
-                f"{ours:.3f}",
-                "-" if theirs is None else f"{theirs:.3f}",
-                "-" if plain is None else f"{plain:.3f}",
-                "-" if theirs is None else f"{theirs / ours:.2f}x",
+                cell(ours),
+                cell(theirs),
+                cell(plain),
+                "-" if theirs is None else f"{theirs[0] / ours[0]:.2f}x",
             ]
         )
 
     header = ["method", "bytes/vec", "recall@10", "embedcore ms", "FAISS ms", "numpy ms", "FAISS/embedcore"]
     print(
-        f"\nrecall@10 against exact float search, mean single-query latency over {len(lat_q)} queries "
-        f"(FAISS: IndexFlatIP, IndexScalarQuantizer QT_8bit, IndexBinaryFlat [+ numpy rescoring])\n"
+        f"\nrecall@10 against exact float search; single-query latency in ms, mean (median) over "
+        f"{len(lat_q)} queries; FAISS: IndexFlatIP, IndexScalarQuantizer QT_8bit, IndexBinaryFlat "
+        "[+ numpy rescoring]; FAISS/embedcore: ratio of the means\n"
     )
     print(_table(table, header))
 
