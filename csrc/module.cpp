@@ -154,22 +154,16 @@ py::tuple search_int8_binding(CArray<int8_t> queries, CArray<int8_t> corpus, con
   if (d > (m == Metric::kDot ? 131071 : 33025))
     throw std::invalid_argument("dim " + std::to_string(d) + " is too large for exact int32 int8 " + metric);
   CArray<int64_t> indices({nq, k});
+  // dot and l2 are exact int32 scores; cos is float32.
+  py::array values = m == Metric::kCos ? py::array(CArray<float>({nq, k})) : py::array(CArray<int32_t>({nq, k}));
   const int8_t* qp = queries.data();
   const int8_t* cp = corpus.data();
   int64_t* iout = indices.mutable_data();
-  if (m == Metric::kCos) {
-    CArray<float> values({nq, k});
-    float* vout = values.mutable_data();
-    py::gil_scoped_release release;
-    search_int8(qp, nq, cp, n, d, m, k, num_threads, nullptr, vout, iout);
-    py::gil_scoped_acquire acquire;
-    return py::make_tuple(values, indices);
-  }
-  CArray<int32_t> values({nq, k});
-  int32_t* vout = values.mutable_data();
+  int32_t* i32 = m == Metric::kCos ? nullptr : static_cast<int32_t*>(values.mutable_data());
+  float* f32 = m == Metric::kCos ? static_cast<float*>(values.mutable_data()) : nullptr;
   {
     py::gil_scoped_release release;
-    search_int8(qp, nq, cp, n, d, m, k, num_threads, vout, nullptr, iout);
+    search_int8(qp, nq, cp, n, d, m, k, num_threads, i32, f32, iout);
   }
   return py::make_tuple(values, indices);
 }

@@ -65,8 +65,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   const int64_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
   // A thread must get enough work to repay waking it (on a shared machine a sleeping thread can cost
   // a scheduler time slice); the result does not depend on the count.
-  const int64_t work = n * std::max<int64_t>(1, scorer.row_bytes()) * nblocks;
-  int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, work / kMinBytesPerThread)));
+  const double work = double(n) * double(std::max<int64_t>(1, scorer.row_bytes())) * double(nblocks);
+  const int nt = int(std::max(1.0, std::min(double(num_threads), work / double(kMinBytesPerThread))));
   std::atomic<bool> ok{true};
 
   if (nt == 1 || nblocks % nt == 0 || nblocks >= 4 * nt) {
@@ -75,11 +75,12 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
     // the scan: on a shared machine a barrier can cost a scheduler time slice.
 #pragma omp parallel num_threads(nt)
     {
-      const int t = omp_get_thread_num();
+      // The team may be smaller than asked for (OMP_THREAD_LIMIT, nesting): stride by its real size.
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();
       auto scratch = scorer.make_scratch();
       std::vector<S> tile(size_t(kQueryBlock * kTileRows));
       std::vector<Heap> heaps;
-      for (int64_t q = t * kQueryBlock; q < nq; q += int64_t(nt) * kQueryBlock)
+      for (int64_t q = t * kQueryBlock; q < nq; q += int64_t(team) * kQueryBlock)
         for (int64_t i = q; i < std::min(nq, q + kQueryBlock); ++i) {
           heaps.push_back(Heap{out_val + i * k, out_idx + i * k, k});
           heaps.back().clear();
@@ -88,7 +89,7 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
         const int64_t nr = std::min(kTileRows, n - r0);
         scorer.prepare(scratch, r0, nr);
-        for (int64_t b = t, h = 0; b < nblocks; b += nt, h += kQueryBlock) {
+        for (int64_t b = t, h = 0; b < nblocks; b += team, h += kQueryBlock) {
           const int64_t q0 = b * kQueryBlock, nqb = std::min(kQueryBlock, nq - q0);
           scorer.score(scratch, q0, nqb, r0, nr, tile.data());
           finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + h);
@@ -102,15 +103,18 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
 
   // Corpus mode: threads take corpus slices dynamically (a descheduled thread on a shared machine
   // does not hold back the others) into their own heaps; then merge per query.
-  std::vector<S> tval(size_t(nt) * size_t(nq * k));
-  std::vector<int64_t> tidx(tval.size());
+  // Per-thread heap storage, allocated by its thread: no cache line shared between threads' heaps.
+  std::vector<std::vector<S>> tval(static_cast<size_t>(nt));
+  std::vector<std::vector<int64_t>> tidx(static_cast<size_t>(nt));
   const int64_t slice = 16 * kTileRows;
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();  // team <= nt
+    tval[t].resize(size_t(nq * k));
+    tidx[t].resize(size_t(nq * k));
     std::vector<Heap> heaps;
     for (int64_t q = 0; q < nq; ++q) {
-      heaps.push_back(Heap{tval.data() + (t * nq + q) * k, tidx.data() + (t * nq + q) * k, k});
+      heaps.push_back(Heap{tval[t].data() + q * k, tidx[t].data() + q * k, k});
       heaps.back().clear();
     }
     auto scratch = scorer.make_scratch();
@@ -134,9 +138,9 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
     for (int64_t q = 0; q < nq; ++q) {
       Heap out{out_val + q * k, out_idx + q * k, k};
       out.clear();
-      for (int s = 0; s < nt; ++s) {
-        const S* v = tval.data() + (s * nq + q) * k;
-        const int64_t* ix = tidx.data() + (s * nq + q) * k;
+      for (int s = 0; s < team; ++s) {
+        const S* v = tval[s].data() + q * k;
+        const int64_t* ix = tidx[s].data() + q * k;
         for (int64_t j = 0; j < k; ++j)
           if (ix[j] != kNoIndex) out.push(v[j], ix[j]);
       }

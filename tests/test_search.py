@@ -358,3 +358,13 @@ def test_cuda_matches_reference(rng, kind, metric):
                                     metric=metric, ranges=ranges)
         assert scores.is_cuda and indices.is_cuda
         _check_any(scores.cpu().numpy(), indices.cpu().numpy(), q, c, ranges, k, metric)
+
+
+def test_cuda_extension_exposes_the_search_kernels():
+    """CI builds embedcore._cuda with nvcc: the score kernels must be bound (they run only on a GPU)."""
+    ext = _backend.cuda_ext()
+    if ext is None:
+        pytest.skip("embedcore._cuda is not built (no nvcc at install time)")
+    assert callable(ext.hamming_scores) and callable(ext.int8_dot_scores)
+    with pytest.raises(ValueError, match="bad sizes"):
+        ext.hamming_scores(0, 0, 1, 1, 0, 0, 0)
