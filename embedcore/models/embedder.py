@@ -20,6 +20,7 @@ swaps the Linear layers for dynamically quantized int8 ones: faster, not exact (
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 QUANTIZE_WEIGHTS = (None, "int8")
 _SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
+_INT8_KEEP_DOWN = 3  # down-projections kept float32 by quantize_weights="int8"
 _FLOAT_PRECISION = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -183,11 +185,25 @@ class Embedder:
         return embedder
 
     def _quantize_linear_int8(self) -> None:
-        """Dynamic int8 quantization of every Linear (weights int8 per channel, activations per batch)."""
-        from torch.ao.quantization import quantize_dynamic
+        """Dynamic int8 quantization of the Linear layers: int8 weights per output channel, activations
+        quantized per batch at run time (fbgemm on x86).
+
+        The down-projections (in_features > out_features) of the first ``_INT8_KEEP_DOWN`` blocks stay
+        float32: their inputs (GELU/SwiGLU outputs) carry the largest activation outliers, which per-tensor
+        activation quantization handles worst. Measured on all-MiniLM-L6-v2 and 200 Wikipedia summaries:
+        every Linear int8 gives mean cosine 0.983 to the exact embeddings; keeping the first two or three
+        down-projections float gives 0.990 / 0.992 at most of the speed (docs/encode.md).
+        """
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         self.model.float()
-        quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
+        down = [n for n, m in linears if m.in_features > m.out_features][:_INT8_KEEP_DOWN]
+        spec = {n: per_channel_dynamic_qconfig for n, _ in linears if n not in down}
+        with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
 
     # ------------------------------------------------------------------------------------------ properties
 
