@@ -116,12 +116,16 @@ def test_int8_asymmetric_equals_dequantized_float_search(rng, metric, nq, d, k):
     assert_float_topk(scores, indices, full, k, metric == "l2", _float_tol(q, deq, metric))
 
 
-def test_dequantize_matches_quantize_module(rng):
-    quantize = pytest.importorskip("embedcore.ops.quantize")
+def test_native_affine_dequantisation_matches_quantize_module(rng):
+    """The (offset, scale) form the native kernels use equals quantize.dequantize to float32 rounding."""
+    from embedcore.ops.quantize import dequantize
+    from embedcore.ops.search import _int8_affine
+
     codes = rng.integers(-128, 128, size=(50, 19), dtype=np.int8)
     ranges = np.stack([rng.uniform(-2, 0, 19), rng.uniform(0, 2, 19)]).astype(np.float32)
-    ranges[:, 5] = 1.0
-    np.testing.assert_array_equal(_dequantize(codes, ranges), quantize.dequantize(codes, ranges))
+    ranges[:, 5] = 1.0  # zero width: step 1
+    offset, scale = _int8_affine(ranges)
+    np.testing.assert_array_equal((codes * scale + offset).astype(np.float32), dequantize(codes, ranges))
 
 
 def _int_reference_check(scores, indices, q, c, k, metric):

@@ -14,15 +14,18 @@ uint8 (ubinary)        uint8                hamming           int32 distances
 int8 (binary)          int8                 hamming           int32 distances
 =====================  ===================  ================  =================================
 
+Float queries (float16/bfloat16/float32/float64) and float64 corpora are computed in float32.
 ``dot``/``cos`` rank large scores first; ``l2`` (squared distance) and ``hamming`` small ones first.
 ``cos`` divides by the norms clamped at 1e-12 (``torch.nn.functional.normalize``), so a zero vector
 scores 0. Asymmetric int8 scores the vectors :func:`_dequantize` gives back: the lower edge of each
 code's bucket, exactly as ``embedcore.ops.quantize.dequantize``. ``binary`` codes are
 sentence-transformers' ``ubinary - 128``: the shift is undone before counting bits.
 
-numpy arrays and CPU tensors run in ``embedcore._C`` (GIL released); CUDA tensors in
-``embedcore._cuda`` or, without it, in PyTorch. Outputs are numpy for numpy queries and tensors on the
-queries' device for tensor queries.
+numpy arrays and CPU tensors run in ``embedcore._C`` (GIL released): score tiles from per-ISA
+kernels pushed straight into per-query heaps, never the full score matrix. CUDA tensors are scored
+block by block (cuBLAS for floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and
+ranked with ``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
+numpy for numpy queries and tensors on the queries' device for tensor queries.
 """
 
 from __future__ import annotations
@@ -105,22 +108,25 @@ def _score_dtype(kind: str, metric: str) -> Any:
 
 
 def _int8_affine(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(offset, scale)`` float64 (dim,): a code ``c`` stands for ``offset + scale * c``.
+    """``(offset, scale)`` float64 (dim,): an int8 code ``c`` stands for ``offset + scale * c``.
 
-    The formula of ``embedcore.ops.quantize.dequantize`` (sentence-transformers' buckets): the
-    float32 step ``(max - min) / 255`` (a zero step becomes 1) and ``value = (c + 128) * step + min``.
+    The affine form of :func:`embedcore.ops.quantize.dequantize` (``(c + 128) * step + min`` with
+    sentence-transformers' float32 buckets), built from that module's own bucket parameters.
     """
-    r = ranges.astype(np.float32)
-    steps = (r[1] - r[0]) / np.float32(255)
-    steps = np.where(steps == 0, np.float32(1), steps).astype(np.float64)
-    starts = r[0].astype(np.float64)
-    return starts + 128.0 * steps, steps
+    import torch
+
+    from embedcore.ops.quantize import bucket_params
+
+    starts, steps = bucket_params(torch.from_numpy(np.ascontiguousarray(ranges, dtype=np.float32)))
+    starts64, steps64 = starts.double().numpy(), steps.double().numpy()
+    return starts64 + 128.0 * steps64, steps64
 
 
 def _dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """The float32 vectors int8 ``codes`` (N, dim) stand for under ``ranges`` (2, dim)."""
-    offset, scale = _int8_affine(ranges)
-    return (codes.astype(np.float64) * scale + offset).astype(np.float32)
+    from embedcore.ops.quantize import dequantize
+
+    return dequantize(codes, ranges)
 
 
 def _check_ranges(ranges: Any, dim: int) -> np.ndarray:
