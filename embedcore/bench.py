@@ -444,6 +444,8 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
         *([f"- load average (1 min) before / after the run: {load['before']} / {load['after']} on "
            f"{machine['cores']} cores; {meta['duration_s']:.0f} s in total"]
           if (load := meta.get("load_average")) else []),
+        *([f"- **pytest exited with code {meta['pytest_exit_code']}: some benchmarks failed or did not run**"]
+          if meta.get("pytest_exit_code") else []),
         "- ratio = median time of the fastest baseline / median time of embedcore (> 1: embedcore faster),",
         "  both measured in the same run on the same data; goal = the ratio the issue asks for.",
         "",

@@ -214,6 +214,7 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     args = parser.parse_args(["--quick", "--bench-dir", str(bench_dir), "--output", str(tmp_path / "all")])
     assert bench.run(args) != 0
     assert json.loads((tmp_path / "all" / "results.json").read_text())["rows"]
+    assert "some benchmarks failed" in (tmp_path / "all" / "results.md").read_text()
     out = capsys.readouterr().out
     out_dir = bench_dir / "results" / (bench.machine_info()["tag"] + "-quick-partial")
     assert f"wrote {out_dir / 'results.json'}" in out
