@@ -290,7 +290,63 @@ inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + a * ld), _mm512_cvtepi64_epi32(reduce8_epi64(acc[a])));
 }
 
+// Several queries over short codes: the tile is transposed so that one vector holds word w of 8
+// rows; a query's word is broadcast (an embedded-broadcast XOR), and VPOPCNTQ + add leave the 8
+// distances in the 8 lanes: no horizontal reduction at all. Codes are zero-padded to whole words on
+// both sides, so the padding adds nothing.
+constexpr int64_t kTransposedMaxWords = 32;  // codes up to 256 bytes
+constexpr int64_t kTransposedMaxRows = 64;   // the search's tile height
+
+inline uint64_t load_word(const uint8_t* p, int64_t nb, int64_t w) {
+  uint64_t x = 0;
+  if (nb - 8 * w >= 8) {
+    __builtin_memcpy(&x, p + 8 * w, 8);  // a constant size: one load, no memcpy call
+  } else {
+    for (int64_t t = 8 * w; t < nb; ++t) x |= uint64_t(p[t]) << (8 * (t - 8 * w));
+  }
+  return x;
+}
+
+void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
+                             int32_t* out) {
+  const int64_t words = (nb + 7) / 8, groups = (nr + 7) / 8;
+  alignas(64) uint64_t rows[kTransposedMaxRows / 8][kTransposedMaxWords][8];
+  alignas(64) uint64_t qw[kTransposedMaxWords];
+  for (int64_t j = 0; j < groups * 8; ++j)
+    for (int64_t w = 0; w < words; ++w) rows[j / 8][w][j % 8] = j < nr ? load_word(c + j * nb, nb, w) : 0;
+  alignas(32) int32_t dist[8];
+  for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t w = 0; w < words; ++w) qw[w] = load_word(q + i * nb, nb, w);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+      int64_t w = 0;
+      for (; w + 2 <= words; w += 2) {  // two chains: popcnt latency overlaps
+        acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                          _mm512_load_si512(rows[g][w]), _mm512_set1_epi64(int64_t(qw[w])))));
+        acc1 = _mm512_add_epi64(acc1, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                          _mm512_load_si512(rows[g][w + 1]), _mm512_set1_epi64(int64_t(qw[w + 1])))));
+      }
+      if (w < words)
+        acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                          _mm512_load_si512(rows[g][w]), _mm512_set1_epi64(int64_t(qw[w])))));
+      const __m256i d8 = _mm512_cvtepi64_epi32(_mm512_add_epi64(acc0, acc1));
+      const int64_t len = nr - g * 8 < 8 ? nr - g * 8 : 8;
+      if (len == 8) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * nr + g * 8), d8);
+      } else {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d8);
+        for (int64_t r = 0; r < len; ++r) out[i * nr + g * 8 + r] = dist[r];
+      }
+    }
+  }
+}
+
 void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  // Transposing costs about one pass over the tile: worth it from a few queries on.
+  if (nq >= 4 && nb <= 8 * kTransposedMaxWords && nr <= kTransposedMaxRows) {
+    tile_hamming_transposed(q, nq, c, nr, nb, out);
+    return;
+  }
   auto group = [&](auto masked, int64_t j) {
     int64_t i = 0;
     for (; i + 2 <= nq; i += 2)

@@ -17,7 +17,7 @@ namespace embedcore {
 
 namespace {
 
-constexpr int64_t kQueryBlock = 8;   // queries per tile
+constexpr int64_t kQueryBlock = 8;   // queries per tile (scorers may ask for more)
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
 constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
@@ -57,12 +57,13 @@ bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S,
 
 // Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
 // [r0, r0 + nr) (once per tile, for every query block); score(scratch, q0, nqb, r0, nr, out) writes
-// the (nqb, nr) tile; row_bytes() sizes the work.
+// the (nqb, nr) tile; row_bytes() sizes the work; query_block() is the most queries per tile.
 template <typename S, typename Rank, typename Scorer>
 bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
           int64_t* out_idx) {
   using Heap = TopKHeap<S, Rank>;
-  const int64_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t qb = scorer.query_block();
+  const int64_t nblocks = (nq + qb - 1) / qb;
   // A thread must get enough work to repay waking it (on a shared machine a sleeping thread can cost
   // a scheduler time slice); the result does not depend on the count.
   const double work = double(n) * double(std::max<int64_t>(1, scorer.row_bytes())) * double(nblocks);
@@ -78,10 +79,10 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       // The team may be smaller than asked for (OMP_THREAD_LIMIT, nesting): stride by its real size.
       const int t = omp_get_thread_num(), team = omp_get_num_threads();
       auto scratch = scorer.make_scratch();
-      std::vector<S> tile(size_t(kQueryBlock * kTileRows));
+      std::vector<S> tile(size_t(qb * kTileRows));
       std::vector<Heap> heaps;
-      for (int64_t q = t * kQueryBlock; q < nq; q += int64_t(team) * kQueryBlock)
-        for (int64_t i = q; i < std::min(nq, q + kQueryBlock); ++i) {
+      for (int64_t q = t * qb; q < nq; q += int64_t(team) * qb)
+        for (int64_t i = q; i < std::min(nq, q + qb); ++i) {
           heaps.push_back(Heap{out_val + i * k, out_idx + i * k, k});
           heaps.back().clear();
         }
@@ -89,8 +90,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
         const int64_t nr = std::min(kTileRows, n - r0);
         scorer.prepare(scratch, r0, nr);
-        for (int64_t b = t, h = 0; b < nblocks; b += team, h += kQueryBlock) {
-          const int64_t q0 = b * kQueryBlock, nqb = std::min(kQueryBlock, nq - q0);
+        for (int64_t b = t, h = 0; b < nblocks; b += team, h += qb) {
+          const int64_t q0 = b * qb, nqb = std::min(qb, nq - q0);
           scorer.score(scratch, q0, nqb, r0, nr, tile.data());
           finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + h);
         }
@@ -118,15 +119,15 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       heaps.back().clear();
     }
     auto scratch = scorer.make_scratch();
-    std::vector<S> tile(size_t(kQueryBlock * kTileRows));
+    std::vector<S> tile(size_t(qb * kTileRows));
     bool finite = true;
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t s0 = 0; s0 < n; s0 += slice) {
       for (int64_t r0 = s0; r0 < std::min(n, s0 + slice); r0 += kTileRows) {
         const int64_t nr = std::min(kTileRows, n - r0);
         scorer.prepare(scratch, r0, nr);
-        for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
-          const int64_t nqb = std::min(kQueryBlock, nq - q0);
+        for (int64_t q0 = 0; q0 < nq; q0 += qb) {
+          const int64_t nqb = std::min(qb, nq - q0);
           scorer.score(scratch, q0, nqb, r0, nr, tile.data());
           finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + q0);
         }
@@ -167,6 +168,7 @@ struct FloatScorer {
     s.inv_norm.resize(size_t(kTileRows));
     return s;
   }
+  int64_t query_block() const { return kQueryBlock; }
   int64_t row_bytes() const {
     return d * (corpus.format == FloatFormat::kF32 ? 4 : corpus.format == FloatFormat::kI8Affine ? 1 : 2);
   }
@@ -223,6 +225,7 @@ struct Int8Scorer {
   Scratch make_scratch() const {
     return Scratch{std::vector<int32_t>(size_t(kQueryBlock * kTileRows)), std::vector<int32_t>(size_t(kTileRows))};
   }
+  int64_t query_block() const { return kQueryBlock; }
   int64_t row_bytes() const { return d; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
     if (metric != Metric::kDot)
@@ -254,6 +257,8 @@ struct HammingScorer {
 
   struct Scratch {};
   Scratch make_scratch() const { return {}; }
+  // Larger blocks amortise the AVX-512 kernel's transposition of each tile over more queries.
+  int64_t query_block() const { return 4 * kQueryBlock; }
   int64_t row_bytes() const { return nbytes; }
   void prepare(Scratch&, int64_t, int64_t) const {}
   void score(Scratch&, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, int32_t* out) const {
