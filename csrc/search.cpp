@@ -110,7 +110,7 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   const int64_t slice = 16 * kTileRows;
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num(), team = omp_get_num_threads();  // team <= nt
+    const int t = omp_get_thread_num();
     tval[t].resize(size_t(nq * k));
     tidx[t].resize(size_t(nq * k));
     std::vector<Heap> heaps;
@@ -134,19 +134,22 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       }
     }
     if (!finite) ok.store(false);
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < nq; ++q) {
-      Heap out{out_val + q * k, out_idx + q * k, k};
-      out.clear();
-      for (int s = 0; s < team; ++s) {
-        const S* v = tval[s].data() + q * k;
-        const int64_t* ix = tidx[s].data() + q * k;
-        for (int64_t j = 0; j < k; ++j)
-          if (ix[j] != kNoIndex) out.push(v[j], ix[j]);
-      }
-      out.sort_best_first();
+  }
+  // Merge outside the scan's region: one barrier fewer (on a busy machine each can cost a time
+  // slice); threads again only when the merge is big (large k).
+  const int64_t merge_work = nq * k * nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (merge_work > (int64_t(1) << 16))
+  for (int64_t q = 0; q < nq; ++q) {
+    Heap out{out_val + q * k, out_idx + q * k, k};
+    out.clear();
+    for (int s = 0; s < nt; ++s) {
+      if (tidx[s].empty()) continue;  // a thread the runtime did not start
+      const S* v = tval[s].data() + q * k;
+      const int64_t* ix = tidx[s].data() + q * k;
+      for (int64_t j = 0; j < k; ++j)
+        if (ix[j] != kNoIndex) out.push(v[j], ix[j]);
     }
+    out.sort_best_first();
   }
   return ok.load();
 }
