@@ -184,70 +184,75 @@ inline __m128i reduce4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
   return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
-// int8 dot with VNNI: dpbusd multiplies unsigned by signed bytes, so the query is shifted to
-// q + 128 (an XOR of the sign bit) and 128 * sum(c) is subtracted at the end (exact in int32).
+// int8 dot with VNNI: dpbusd multiplies unsigned by signed bytes, so the corpus bytes are shifted
+// to c + 128 (an XOR of the sign bit, shared by all queries of the micro-kernel) and 128 * sum(q),
+// computed once per query and tile, is subtracted at the end (exact in int32).
 template <int QN, int RN, typename Load>
-__attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], __m512i (&csum)[RN],
-                                                                  const int8_t* q, const int8_t* c, int64_t d,
-                                                                  int64_t t, Load load) {
+__attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], const int8_t* q,
+                                                                  const int8_t* c, int64_t d, int64_t t,
+                                                                  Load load) {
   const __m512i sign = _mm512_set1_epi8(char(0x80));
-  const __m512i ones = _mm512_set1_epi8(1);
   __m512i cv[RN];
-  for (int b = 0; b < RN; ++b) {
-    cv[b] = load(c + b * d + t);
-    csum[b] = _mm512_dpbusd_epi32(csum[b], ones, cv[b]);
-  }
+  for (int b = 0; b < RN; ++b) cv[b] = _mm512_xor_si512(load(c + b * d + t), sign);
   for (int a = 0; a < QN; ++a) {
-    const __m512i qv = _mm512_xor_si512(load(q + a * d + t), sign);
-    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], qv, cv[b]);
+    const __m512i qv = load(q + a * d + t);
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], cv[b], qv);
   }
 }
 
 template <int QN, int RN>
 __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
-                                                                int32_t* out, int64_t ld) {
-  __m512i acc[QN][RN], csum[RN];
-  for (int b = 0; b < RN; ++b) {
-    csum[b] = _mm512_setzero_si512();
-    for (int a = 0; a < QN; ++a) acc[a][b] = _mm512_setzero_si512();
-  }
+                                                                const int32_t* qshift, int32_t* out,
+                                                                int64_t ld) {
+  __m512i acc[QN][RN];
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_si512();
   const int64_t dfull = d & ~int64_t(63);
   for (int64_t t = 0; t < dfull; t += 64)
-    step_i8_vnni<QN, RN>(acc, csum, q, c, d, t, [](const int8_t* p) { return _mm512_loadu_si512(p); });
-  if (d > dfull) {  // masked tail: the zero bytes add nothing (q + 128 times c = 0)
+    step_i8_vnni<QN, RN>(acc, q, c, d, t, [](const int8_t* p) { return _mm512_loadu_si512(p); });
+  if (d > dfull) {  // masked tail: zero query bytes add nothing
     const __mmask64 m = tail_mask64(d - dfull);
-    step_i8_vnni<QN, RN>(acc, csum, q, c, d, dfull, [m](const int8_t* p) { return _mm512_maskz_loadu_epi8(m, p); });
+    step_i8_vnni<QN, RN>(acc, q, c, d, dfull, [m](const int8_t* p) { return _mm512_maskz_loadu_epi8(m, p); });
   }
-  if constexpr (RN == 4) {  // four sums per transposed reduction instead of one (exact integers)
-    const __m128i shift = _mm_slli_epi32(reduce4_epi32(csum[0], csum[1], csum[2], csum[3]), 7);
-    for (int a = 0; a < QN; ++a)
+  for (int a = 0; a < QN; ++a) {
+    if constexpr (RN == 4)  // four sums per transposed reduction instead of one
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + a * ld),
-                       _mm_sub_epi32(reduce4_epi32(acc[a][0], acc[a][1], acc[a][2], acc[a][3]), shift));
-  } else {
-    for (int b = 0; b < RN; ++b) {
-      const int32_t shift = 128 * _mm512_reduce_add_epi32(csum[b]);
-      for (int a = 0; a < QN; ++a) out[a * ld + b] = _mm512_reduce_add_epi32(acc[a][b]) - shift;
-    }
+                       _mm_sub_epi32(reduce4_epi32(acc[a][0], acc[a][1], acc[a][2], acc[a][3]),
+                                     _mm_set1_epi32(qshift[a])));
+    else
+      out[a * ld] = _mm512_reduce_add_epi32(acc[a][0]) - qshift[a];
   }
 }
 
-template <bool Vnni>
-void tile_dot_i8_impl(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
-  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
-    constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
-    if constexpr (Vnni)
-      micro_i8_vnni<QN, RN>(q + i * d, c + j * d, d, out + i * nr + j, nr);
-    else
-      micro_i8<QN, RN>(q + i * d, c + j * d, d, out + i * nr + j, nr);
-  });
+// 128 * sum(q) for `nq` int8 query rows (the VNNI shift correction).
+__attribute__((target("avx512vnni"))) void query_shifts(const int8_t* q, int64_t nq, int64_t d, int32_t* shift) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = 0; i < nq; ++i) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t t = 0; t < d; t += 64)
+      acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(tail_mask64(d - t), q + i * d + t));
+    shift[i] = 128 * _mm512_reduce_add_epi32(acc);
+  }
 }
 
 void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
-  tile_dot_i8_impl<false>(q, nq, c, nr, d, out);
+  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_i8<decltype(qn)::value, decltype(rn)::value>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
 }
 
 void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
-  tile_dot_i8_impl<true>(q, nq, c, nr, d, out);
+  constexpr int64_t kChunk = 64;
+  int32_t shift[kChunk];
+  for (int64_t i0 = 0; i0 < nq; i0 += kChunk) {  // queries in chunks of kChunk shift corrections
+    const int64_t nqc = nq - i0 < kChunk ? nq - i0 : kChunk;
+    const int8_t* qc = q + i0 * d;
+    query_shifts(qc, nqc, d, shift);
+    for_each_micro<4>(nqc, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+      micro_i8_vnni<decltype(qn)::value, decltype(rn)::value>(qc + i * d, c + j * d, d, shift + i,
+                                                              out + (i0 + i) * nr + j, nr);
+    });
+  }
 }
 
 // [sum(v[0]), ..., sum(v[7])] of eight vectors of eight int64 lanes, by a transposing add tree.
