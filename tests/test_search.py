@@ -157,7 +157,7 @@ def _hamming_numpy(q: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
-@pytest.mark.parametrize("nq,nbytes", [(1, 5), (7, 48), (64, 13), (7, 130)])
+@pytest.mark.parametrize("nq,nbytes", [(1, 5), (7, 48), (64, 13), (7, 130), (9, 300)])
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("levels", [None, 2])
 def test_hamming(rng, dtype, nq, nbytes, k, levels):
