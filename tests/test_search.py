@@ -305,14 +305,14 @@ def test_every_isa(isa, rng, kind, metric, nq, d):
 
 
 @pytest.mark.parametrize("kind,metric,nq,n,d", [
-    ("float32", "dot", 1, 24_000, 100),    # corpus split across threads, heaps merged
+    ("float32", "dot", 3, 24_000, 100),    # corpus split across threads, heaps merged
     ("float32", "cos", 20, 24_000, 100),   # 3 query blocks: corpus split
     ("float32", "l2", 64, 3_000, 100),     # 8 query blocks: queries split
     ("bfloat16", "dot", 64, 6_000, 100),
     ("int8", "l2", 64, 3_000, 385),
     ("int8_asym", "dot", 5, 24_000, 385),
     ("hamming", "hamming", 64, 9_000, 130),
-    ("hamming", "hamming", 2, 70_000, 130),
+    ("hamming", "hamming", 3, 70_000, 130),
 ])
 def test_one_and_two_threads_agree_bit_for_bit(rng, monkeypatch, kind, metric, nq, n, d):
     if kind == "bfloat16":
