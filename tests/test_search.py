@@ -372,3 +372,10 @@ def test_cuda_extension_exposes_the_search_kernels():
     assert callable(ext.hamming_scores) and callable(ext.int8_dot_scores)
     with pytest.raises(ValueError, match="bad sizes"):
         ext.hamming_scores(0, 0, 1, 1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("dtype,metric", [(np.float32, "cos"), (np.int8, "l2"), (np.uint8, "hamming")])
+def test_empty_query_batch(rng, dtype, metric):
+    c = rng.integers(0, 100, size=(40, 6)).astype(dtype)
+    scores, indices = ec.search(np.zeros((0, 6), dtype), c, k=5, metric=metric)
+    assert scores.shape == indices.shape == (0, 5)
