@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"machine": machine, "timestamp": timestamp, "quick": bool(args.quick),
             "files": [f.name for f in files], "pytest_exit_code": rc,
             "duration_s": round(time.perf_counter() - started, 1),
+            "commit": _commit(data.get("commit_info") or {}),
             "load_average": {"before": load_before, "after": _load_average()}}
     for path in write_results(rows, summary, out_dir, meta):
         print(f"wrote {path}")
@@ -223,6 +224,13 @@ def machine_info() -> dict[str, Any]:
         "device": f"cpu: {brand}, {cores} cores",
         "tag": f"{_slug(arch)}-{_slug(brand)}-{cores}c",
     }
+
+
+def _commit(info: dict[str, Any]) -> str | None:
+    """The checkout the suite ran on, from pytest-benchmark's commit_info: ``<id>`` or ``<id> (dirty)``."""
+    if not info.get("id"):
+        return None
+    return info["id"][:12] + (" (uncommitted changes)" if info.get("dirty") else "")
 
 
 def _load_average() -> float | None:
@@ -437,7 +445,7 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
     parts = [
         f"# embedcore benchmarks: {machine['tag']}",
         "",
-        f"- run: {meta['timestamp']}, {kind}",
+        f"- run: {meta['timestamp']}, {kind}" + (f", code at {meta['commit']}" if meta.get("commit") else ""),
         f"- machine: {machine['cpu']}, {machine['cores']} logical cores, {machine['arch']}, "
         f"{machine['system']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),

@@ -130,7 +130,7 @@ def test_write_results_files(tmp_path):
                  _bench("topk: 1x10", "numpy", 1e-4, op="topk"))
     meta = {"machine": bench.machine_info(), "timestamp": "2026-11-26T00:00:00Z", "quick": True,
             "files": ["bench_search.py"], "pytest_exit_code": 0, "duration_s": 12.0,
-            "load_average": {"before": 1.5, "after": 2.25}}
+            "load_average": {"before": 1.5, "after": 2.25}, "commit": "0123456789ab"}
     paths = bench.write_results(rows, bench.summarize(rows), tmp_path, meta)
     assert sorted(p.name for p in paths) == ["results.csv", "results.json", "results.md", "search.png",
                                              "speedups.png", "topk.png"]
@@ -143,6 +143,7 @@ def test_write_results_files(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "quick suite" in md and "| search | f32 1q float32 | faiss |" in md
     assert "![speedups](speedups.png)" in md and "before / after the run: 1.5 / 2.25" in md
+    assert "code at 0123456789ab" in md
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
 
 
