@@ -22,9 +22,9 @@ struct KernelTable {
   uint32_t (*hamming)(const uint8_t* a, const uint8_t* b, size_t nbytes);
 
   // Score tiles of the fused search: nq queries (rows of q, stride d) against nr consecutive corpus
-  // rows (stride d), written to out[i * nr + j]. Every (query, row) score is computed by the same
-  // instruction sequence wherever the pair falls in a tile, so results do not depend on tiling or
-  // on the number of threads.
+  // rows (stride d), written to out[i * nr + j]. A float score goes through the same arithmetic
+  // (accumulation order and reduction tree) wherever its pair falls in a tile, and integer scores
+  // are exact, so results depend neither on tiling nor on the number of threads.
   void (*tile_dot_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
   void (*tile_l2_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
   void (*tile_dot_i8)(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out);
