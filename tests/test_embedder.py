@@ -145,10 +145,11 @@ def test_token_embeddings_match(st, emb, texts):
 
 
 def test_output_value_none_gives_unpadded_features(st, emb, texts):
-    expected = st.encode(texts[:8], output_value=None, truncate_dim=64)
-    got = emb.encode(texts[:8], output_value=None, truncate_dim=64)
+    expected = st.encode(texts[:8], output_value=None, truncate_dim=64, prompt="query: ")
+    got = emb.encode(texts[:8], output_value=None, truncate_dim=64, prompt="query: ")
     assert isinstance(got, list) and len(got) == 8
     for g, e in zip(got, expected):
+        assert g["prompt_length"] == e["prompt_length"] == 3  # [CLS] query :
         n = int(e["attention_mask"].sum())
         assert {"input_ids", "attention_mask", "token_embeddings", "sentence_embedding"} <= set(g)
         assert torch.equal(g["input_ids"], e["input_ids"][:n])

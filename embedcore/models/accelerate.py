@@ -96,7 +96,7 @@ class AcceleratedEncode:
             st.eval()  # sentence-transformers' encode puts the model in eval mode too
         return embedder.encode(
             inputs,
-            prompt=st._resolve_prompt(prompt, prompt_name),
+            prompt=_resolve_prompt(st, prompt, prompt_name),
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             output_value=output_value,
@@ -132,6 +132,21 @@ class AcceleratedEncode:
 
     def __repr__(self) -> str:
         return f"<embedcore-accelerated encode of {type(self.st_model).__name__}>"
+
+
+def _resolve_prompt(st_model: Any, prompt: str | None, prompt_name: str | None) -> str | None:
+    """sentence-transformers' own prompt resolution (its errors included); its rule where a release
+    lacks the method: prompt > prompt_name > default_prompt_name."""
+    resolve = getattr(st_model, "_resolve_prompt", None)
+    if resolve is not None:
+        return resolve(prompt, prompt_name)
+    if prompt is None and prompt_name is not None:
+        if prompt_name not in st_model.prompts:
+            raise ValueError(f"Prompt name {prompt_name!r} not found; available: {list(st_model.prompts)}")
+        return st_model.prompts[prompt_name]
+    if prompt is None and st_model.default_prompt_name is not None:
+        return st_model.prompts.get(st_model.default_prompt_name)
+    return prompt
 
 
 def _embedder_for(st_model: Any) -> Embedder:

@@ -499,12 +499,12 @@ class Embedder:
         return [item for chunk in chunks for item in chunk]
 
     def _tokenize(
-        self, texts: list[str], prompt: str | None
+        self, texts: list[str], prompt: str | None, count_prompt: bool
     ) -> tuple[list[list[int]], Any, list[int] | None]:
         """Token ids per text (prompt prepended, truncated, special tokens added, no padding), the token
-        type ids (or None), and per text the number of leading tokens that belong to the prompt when the
-        pooling excludes it (else None)."""
-        exclude_prompt = bool(prompt) and not self.include_prompt
+        type ids (or None), and, when ``count_prompt`` and there is a prompt, per text the number of
+        leading tokens that belong to the prompt (else None)."""
+        exclude_prompt = bool(prompt) and count_prompt
         if prompt:
             texts = [prompt + t for t in texts]
         fast = bool(getattr(self.tokenizer, "is_fast", False))
@@ -564,7 +564,9 @@ class Embedder:
             if output_value == "sentence_embedding":
                 return torch.empty((0, dim), device="cpu" if to_cpu else device)
             return []
-        ids, types, prompt_tokens = self._tokenize(texts, prompt)
+        # Prompt tokens are counted where the pooling leaves them out, or for the features' prompt_length.
+        count_prompt = not self.include_prompt or output_value is None
+        ids, types, prompt_tokens = self._tokenize(texts, prompt, count_prompt)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         if int(lengths.min()) == 0:
             raise ValueError(f"sentences[{int(lengths.argmin())}] tokenizes to no token at all")
@@ -598,7 +600,7 @@ class Embedder:
                     per_text[i] = token_emb.cpu() if to_cpu else token_emb
                 continue
             pool_mask = None
-            if prompt_tokens is not None:
+            if prompt_tokens is not None and not self.include_prompt:
                 skip = torch.as_tensor([prompt_tokens[i] for i in idx], device=device)
                 pool_mask = torch.arange(width, device=device) >= skip[:, None]
             float_precision = _FLOAT_PRECISION.get(hidden.dtype, "float32")
@@ -635,7 +637,7 @@ class Embedder:
                 item["token_embeddings"] = hidden[row, :length]
                 item["sentence_embedding"] = emb[row]
                 if prompt:
-                    item["prompt_length"] = prompt_tokens[i] if prompt_tokens is not None else None
+                    item["prompt_length"] = prompt_tokens[i]
                 per_text[i] = {k: v.cpu() if to_cpu and torch.is_tensor(v) else v for k, v in item.items()}
         return sentence_out if output_value == "sentence_embedding" else per_text
 
