@@ -27,6 +27,8 @@ struct KernelTable {
   // are exact, so results depend neither on tiling nor on the number of threads.
   void (*tile_dot_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
   void (*tile_l2_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
+  // Float queries against int8 rows widened in registers: out = sum_t q[t] * float(c[t]).
+  void (*tile_dot_f32_i8)(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out);
   void (*tile_dot_i8)(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out);
   void (*tile_hamming)(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nbytes,
                        int32_t* out);

@@ -114,27 +114,40 @@ inline __m256 fold(__m256 acc, __m256 qv, __m256 cv) {
   }
 }
 
+// Rows are float32, or int8 codes widened to float32 in registers.
+inline __m256 load_row(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_row(const int8_t* p) {
+  int64_t raw;
+  __builtin_memcpy(&raw, p, 8);
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
+}
+inline __m256 load_row_tail(const float* p, int64_t rem) { return _mm256_maskload_ps(p, tail_mask8(rem)); }
+inline __m256 load_row_tail(const int8_t* p, int64_t rem) {
+  int64_t raw = 0;  // bytes past the row stay zero
+  __builtin_memcpy(&raw, p, size_t(rem));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
+}
+
 // Loops written out (no lambda capturing the accumulators, which would keep them in memory).
-template <int QN, int RN, bool L2>
-inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
+template <int QN, int RN, bool L2, typename CT>
+inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld) {
   __m256 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
   const int64_t dfull = d & ~int64_t(7);
   for (int64_t t = 0; t < dfull; t += 8) {
     __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = _mm256_loadu_ps(c + b * d + t);
+    for (int b = 0; b < RN; ++b) cv[b] = load_row(c + b * d + t);
     for (int a = 0; a < QN; ++a) {
       const __m256 qv = _mm256_loadu_ps(q + a * d + t);
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
   if (d > dfull) {  // masked tail: zeros beyond d, no read past the end
-    const __m256i m = tail_mask8(d - dfull);
     __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = _mm256_maskload_ps(c + b * d + dfull, m);
+    for (int b = 0; b < RN; ++b) cv[b] = load_row_tail(c + b * d + dfull, d - dfull);
     for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_maskload_ps(q + a * d + dfull, m);
+      const __m256 qv = _mm256_maskload_ps(q + a * d + dfull, tail_mask8(d - dfull));
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
@@ -147,11 +160,15 @@ inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int
   }
 }
 
-template <bool L2>
-void tile_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+template <bool L2, typename CT>
+void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
   for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
   });
+}
+
+void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<false>(q, nq, c, nr, d, out);
 }
 
 void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
@@ -262,10 +279,10 @@ void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{Isa::kAvx2,      dot_f32,         l2sq_f32,
-                                 dot_i8,          hamming,         tile_dot_f32,
-                                 tile_l2_f32,     tile_dot_i8,     tile_hamming,
-                                 rows_f16_to_f32, rows_bf16_to_f32, rows_i8_affine_to_f32};
+  static const KernelTable table{Isa::kAvx2,     dot_f32,         l2sq_f32,         dot_i8,
+                                 hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
+                                 tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
+                                 rows_i8_affine_to_f32};
   return table;
 }
 

@@ -97,15 +97,17 @@ inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
 
 #define EC_INLINE inline __attribute__((always_inline))
 
-// One 16-float chunk of every pair; `load` is an unmasked or a masked load (the same values, so the
-// same arithmetic: a pair's score does not depend on which was used). Always inlined: GCC keeps the
-// accumulators in registers only when the step is inlined into the micro-kernel's loop.
-template <int QN, int RN, bool L2, typename Load>
-EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const float* c, int64_t d, int64_t t, Load load) {
+// One 16-element chunk of every pair; the loads are unmasked or masked (the same values, so the
+// same arithmetic: a pair's score does not depend on which was used). Rows are float32 or int8
+// codes widened to float32 in registers. Always inlined: GCC keeps the accumulators in registers
+// only when the step is inlined into the micro-kernel's loop.
+template <int QN, int RN, bool L2, typename CT, typename QLoad, typename CLoad>
+EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t t, QLoad qload,
+                        CLoad cload) {
   __m512 cv[RN];
-  for (int b = 0; b < RN; ++b) cv[b] = load(c + b * d + t);
+  for (int b = 0; b < RN; ++b) cv[b] = cload(c + b * d + t);
   for (int a = 0; a < QN; ++a) {
-    const __m512 qv = load(q + a * d + t);
+    const __m512 qv = qload(q + a * d + t);
     for (int b = 0; b < RN; ++b) {
       if constexpr (L2) {
         const __m512 diff = _mm512_sub_ps(qv, cv[b]);
@@ -117,17 +119,31 @@ EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const float* c, i
   }
 }
 
-template <int QN, int RN, bool L2>
-inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int64_t ld) {
+inline __m512 widen_i8(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)); }
+
+template <int QN, int RN, bool L2, typename CT>
+inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld) {
   __m512 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_ps();
   const int64_t dfull = d & ~int64_t(15);
-  for (int64_t t = 0; t < dfull; t += 16)
-    step_f32<QN, RN, L2>(acc, q, c, d, t, [](const float* p) { return _mm512_loadu_ps(p); });
+  auto qload = [](const float* p) { return _mm512_loadu_ps(p); };
+  for (int64_t t = 0; t < dfull; t += 16) {
+    if constexpr (std::is_same_v<CT, float>)
+      step_f32<QN, RN, L2>(acc, q, c, d, t, qload, qload);
+    else
+      step_f32<QN, RN, L2>(acc, q, c, d, t, qload, [](const int8_t* p) {
+        return widen_i8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      });
+  }
   if (d > dfull) {
     const __mmask16 m = tail_mask16(d - dfull);
-    step_f32<QN, RN, L2>(acc, q, c, d, dfull, [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); });
+    auto qmasked = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+    if constexpr (std::is_same_v<CT, float>)
+      step_f32<QN, RN, L2>(acc, q, c, d, dfull, qmasked, qmasked);
+    else
+      step_f32<QN, RN, L2>(acc, q, c, d, dfull, qmasked,
+                           [m](const int8_t* p) { return widen_i8(_mm_maskz_loadu_epi8(m, p)); });
   }
   const __m512 zero = _mm512_setzero_ps();
   for (int a = 0; a < QN; ++a) {
@@ -138,11 +154,15 @@ inline void micro_f32(const float* q, const float* c, int64_t d, float* out, int
   }
 }
 
-template <bool L2>
-void tile_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+template <bool L2, typename CT>
+void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
   for_each_micro<4>(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
   });
+}
+
+void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
+  tile_f32<false>(q, nq, c, nr, d, out);
 }
 
 void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
@@ -419,6 +439,7 @@ const KernelTable& avx512_kernels() {
                                  hamming,
                                  tile_dot_f32,
                                  tile_l2_f32,
+                                 tile_dot_f32_i8,
                                  // VNNI is not part of the AVX-512 level's requirements: use it when present.
                                  __builtin_cpu_supports("avx512vnni") ? tile_dot_i8_vnni : tile_dot_i8,
                                  tile_hamming,

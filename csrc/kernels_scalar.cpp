@@ -62,6 +62,15 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
     for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = l2sq_f32(q + i * d, c + j * d, size_t(d));
 }
 
+void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nr; ++j) {
+      float s = 0.f;
+      for (int64_t t = 0; t < d; ++t) s += q[i * d + t] * float(c[j * d + t]);
+      out[i * nr + j] = s;
+    }
+}
+
 void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
   for (int64_t i = 0; i < nq; ++i)
     for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = dot_i8(q + i * d, c + j * d, size_t(d));
@@ -119,10 +128,10 @@ void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float
 }  // namespace
 
 const KernelTable& scalar_kernels() {
-  static const KernelTable table{Isa::kScalar,      dot_f32,         l2sq_f32,
-                                 dot_i8,            hamming,         tile_dot_f32,
-                                 tile_l2_f32,       tile_dot_i8,     tile_hamming,
-                                 rows_f16_to_f32,   rows_bf16_to_f32, rows_i8_affine_to_f32};
+  static const KernelTable table{Isa::kScalar,   dot_f32,         l2sq_f32,         dot_i8,
+                                 hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
+                                 tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
+                                 rows_i8_affine_to_f32};
   return table;
 }
 

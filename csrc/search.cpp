@@ -20,6 +20,7 @@ namespace {
 constexpr int64_t kQueryBlock = 8;   // queries per tile (scorers may ask for more)
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
 constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
+constexpr int64_t kFusedInt8MaxQueries = 16;  // measured break-even with the dequantised tile
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
 
 // Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
@@ -157,12 +158,21 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   return ok.load();
 }
 
+// Fused int8 dot (few queries): q . (offset + scale * c) = q . offset + (q * scale) . c, so the
+// codes are widened in registers against the weights q * scale instead of being dequantised into a
+// scratch tile first; w (nq, d) and bias (nq,) hold q * scale and q . offset.
+struct FusedInt8 {
+  const float* w = nullptr;
+  const float* bias = nullptr;
+};
+
 struct FloatScorer {
   const KernelTable& kt;
   const float* q;
   const FloatCorpus& corpus;
   int64_t d;
   Metric metric;
+  FusedInt8 fused;
 
   struct Scratch {
     std::vector<float> rows, inv_norm;
@@ -170,7 +180,7 @@ struct FloatScorer {
   };
   Scratch make_scratch() const {
     Scratch s;
-    if (corpus.format != FloatFormat::kF32) s.rows.resize(size_t(kTileRows * d));
+    if (corpus.format != FloatFormat::kF32 && fused.w == nullptr) s.rows.resize(size_t(kTileRows * d));
     s.inv_norm.resize(size_t(kTileRows));
     return s;
   }
@@ -179,6 +189,7 @@ struct FloatScorer {
     return d * (corpus.format == FloatFormat::kF32 ? 4 : corpus.format == FloatFormat::kI8Affine ? 1 : 2);
   }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
+    if (fused.w != nullptr) return;  // score() reads the codes directly
     switch (corpus.format) {
       case FloatFormat::kF32:
         s.cur = static_cast<const float*>(corpus.data) + r0 * d;
@@ -203,7 +214,13 @@ struct FloatScorer {
         s.inv_norm[j] = 1.0f / std::max(std::sqrt(kt.dot_f32(row, row, size_t(d))), kNormEps);
       }
   }
-  void score(Scratch& s, int64_t q0, int64_t nqb, int64_t, int64_t nr, float* out) const {
+  void score(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, float* out) const {
+    if (fused.w != nullptr) {
+      kt.tile_dot_f32_i8(fused.w + q0 * d, nqb, static_cast<const int8_t*>(corpus.data) + r0 * d, nr, d, out);
+      for (int64_t i = 0; i < nqb; ++i)
+        for (int64_t j = 0; j < nr; ++j) out[i * nr + j] += fused.bias[q0 + i];
+      return;
+    }
     if (metric == Metric::kL2) {
       kt.tile_l2_f32(q + q0 * d, nqb, s.cur, nr, d, out);
       return;
@@ -276,7 +293,24 @@ struct HammingScorer {
 
 bool search_float(const float* q, int64_t nq, const FloatCorpus& corpus, int64_t n, int64_t d, Metric metric,
                   int64_t k, int num_threads, float* out_val, int64_t* out_idx) {
-  const FloatScorer scorer{active_kernels(), q, corpus, d, metric};
+  // Few queries: the fused int8 dot saves the dequantised tile's store and reload. Many queries:
+  // dequantising a tile once and reusing it for every query block is cheaper.
+  std::vector<float> w, bias;
+  FusedInt8 fused;
+  if (corpus.format == FloatFormat::kI8Affine && metric == Metric::kDot && nq <= kFusedInt8MaxQueries) {
+    w.resize(size_t(nq * d));
+    bias.resize(size_t(nq));
+    for (int64_t i = 0; i < nq; ++i) {
+      double b = 0;
+      for (int64_t t = 0; t < d; ++t) {
+        w[i * d + t] = q[i * d + t] * corpus.scale[t];
+        b += double(q[i * d + t]) * double(corpus.offset[t]);
+      }
+      bias[i] = float(b);
+    }
+    fused = FusedInt8{w.data(), bias.data()};
+  }
+  const FloatScorer scorer{active_kernels(), q, corpus, d, metric, fused};
   if (metric == Metric::kL2)
     return scan<float, RankSmallest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
   return scan<float, RankLargest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
