@@ -292,7 +292,8 @@ def _check_any(scores, indices, q, c, ranges, k, metric):
 
 
 ISA_CASES = [("float32", "dot"), ("float32", "cos"), ("float32", "l2"), ("float16", "dot"),
-             ("int8_asym", "dot"), ("int8_asym", "cos"), ("int8", "dot"), ("int8", "l2"), ("int8", "cos"), ("hamming", "hamming")]
+             ("int8_asym", "dot"), ("int8_asym", "cos"), ("int8", "dot"), ("int8", "l2"), ("int8", "cos"),
+             ("hamming", "hamming")]
 
 
 @pytest.mark.parametrize("kind,metric", ISA_CASES)
