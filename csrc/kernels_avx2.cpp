@@ -2,6 +2,8 @@
 // cpu_features.cpp has confirmed the CPU supports them.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "kernels.h"
 #include "tile_grid.h"
 
@@ -153,18 +155,33 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
   const __m256 zero = _mm256_setzero_ps();
   for (int a = 0; a < QN; ++a) {
-    if constexpr (RN == 4)
-      _mm_storeu_ps(out + a * ld, reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
-    else
+    if constexpr (RN == 3) {  // the 4-sum tree with a zero fourth: each row keeps its own tree
+      alignas(16) float r[4];
+      _mm_store_ps(r, reduce4(acc[a][0], acc[a][1], acc[a][2], zero));
+      for (int b = 0; b < 3; ++b) out[a * ld + b] = r[b];
+    } else {
       out[a * ld] = _mm_cvtss_f32(reduce4(acc[a][0], zero, zero, zero));
+    }
   }
 }
 
+// 4 queries x 3 rows: 12 accumulators, 3 rows and a query in the 16 ymm registers; 7 loads per 12
+// FMAs. Remainders: 2 and 1 queries, single rows.
 template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
-  for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
-    micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
-  });
+  auto queries = [&](auto rn, int64_t j) {
+    constexpr int RN = decltype(rn)::value;
+    int64_t i = 0;
+    for (; i + 4 <= nq; i += 4) micro_f32<4, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+    if (i + 2 <= nq) {
+      micro_f32<2, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+      i += 2;
+    }
+    if (i < nq) micro_f32<1, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  };
+  int64_t j = 0;
+  for (; j + 3 <= nr; j += 3) queries(std::integral_constant<int, 3>{}, j);
+  for (; j < nr; ++j) queries(std::integral_constant<int, 1>{}, j);
 }
 
 void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
