@@ -153,6 +153,7 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
+  static_assert(RN == 3 || RN == 1, "walk_4x3 asks for 3 rows or 1");
   const __m256 zero = _mm256_setzero_ps();
   for (int a = 0; a < QN; ++a) {
     if constexpr (RN == 3) {  // the 4-sum tree with a zero fourth: each row keeps its own tree
@@ -165,23 +166,29 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// 4 queries x 3 rows: 12 accumulators, 3 rows and a query in the 16 ymm registers; 7 loads per 12
-// FMAs. Remainders: 2 and 1 queries, single rows.
-template <bool L2, typename CT>
-void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
+// Walks a tile as 4 queries x 3 rows: 12 accumulators, 3 rows and a query fill the 16 ymm
+// registers (7 loads per 12 multiply-adds). Remainders: 2 and 1 queries, single rows.
+template <typename Micro>
+inline void walk_4x3(int64_t nq, int64_t nr, Micro&& micro) {
   auto queries = [&](auto rn, int64_t j) {
-    constexpr int RN = decltype(rn)::value;
     int64_t i = 0;
-    for (; i + 4 <= nq; i += 4) micro_f32<4, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+    for (; i + 4 <= nq; i += 4) micro(std::integral_constant<int, 4>{}, rn, i, j);
     if (i + 2 <= nq) {
-      micro_f32<2, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+      micro(std::integral_constant<int, 2>{}, rn, i, j);
       i += 2;
     }
-    if (i < nq) micro_f32<1, RN, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+    if (i < nq) micro(std::integral_constant<int, 1>{}, rn, i, j);
   };
   int64_t j = 0;
   for (; j + 3 <= nr; j += 3) queries(std::integral_constant<int, 3>{}, j);
   for (; j < nr; ++j) queries(std::integral_constant<int, 1>{}, j);
+}
+
+template <bool L2, typename CT>
+void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
+  walk_4x3(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+  });
 }
 
 void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
@@ -224,6 +231,7 @@ inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, 
 }
 
 void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+  // 2 queries x 4 rows here: 4 x 3 spilled (the widened query needs a register of its own).
   for_each_micro(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     micro_i8<decltype(qn)::value, decltype(rn)::value>(q + i * d, c + j * d, d, out + i * nr + j, nr);
   });
