@@ -10,8 +10,9 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  // f16c: the AVX2 kernels convert float16 corpora with it (every AVX2 CPU has it, but check).
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("popcnt");
+         __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif

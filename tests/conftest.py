@@ -36,6 +36,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     item.add_marker(skip)
 
 
+@pytest.fixture(params=["scalar", "avx2", "avx512"])
+def isa(request) -> str:
+    """Runs the test once per CPU kernel level this machine and build have (others are skipped),
+    with embedcore._C switched to that level for the test's duration."""
+    from embedcore import _backend
+
+    native = _backend.require_native()
+    if request.param not in native.available_isas():
+        pytest.skip(f"{request.param} not available on this CPU/build")
+    before = native.isa()
+    native.set_isa(request.param)
+    yield request.param
+    native.set_isa(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -249,17 +249,6 @@ def test_non_finite_input_is_rejected(rng, where, value):
 
 # -- every ISA, thread counts, the device (PyTorch) path ------------------------------------------
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def isa(request):
-    native = _backend.require_native()
-    if request.param not in native.available_isas():
-        pytest.skip(f"{request.param} not available on this CPU/build")
-    before = native.isa()
-    native.set_isa(request.param)
-    yield request.param
-    native.set_isa(before)
-
-
 def _case(rng, kind: str, nq: int, n: int, d: int, levels: int | None = None):
     """(queries, corpus, ranges) of one format; levels draws from a few values (heavy ties)."""
     if kind == "hamming":
