@@ -173,6 +173,13 @@ class Suite:
     models: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     decoder: tuple[Any, Any, Any] | None = None  # the model section's decoder and batch, built once
 
+    @property
+    def kernel_backend(self) -> str:
+        """The ``backend`` that reaches the Triton kernels: the public default ("auto": CUDA tensors
+        dispatch there by themselves, which the checks thereby verify) on a GPU; "triton" in a dry run,
+        where "auto" would pick the PyTorch reference for CPU tensors."""
+        return "triton" if self.dry else "auto"
+
     def pick(self, full: Any, tiny: Any) -> Any:
         """``tiny`` in a dry run, else ``full``."""
         return tiny if self.dry else full
@@ -798,7 +805,7 @@ def checks_pooling(suite: Suite) -> None:
                 torch,
                 "pool",
                 functools.partial(call, backend="reference"),
-                functools.partial(call, backend="triton"),
+                functools.partial(call, backend=suite.kernel_backend),
                 precision,
                 x_ref,
                 ranges,
@@ -865,7 +872,7 @@ def checks_pooling(suite: Suite) -> None:
             pool_mask=pool_mask,
             precision=precision,
             ranges=ranges,
-            backend="triton",
+            backend=suite.kernel_backend,
         )
         suite.check(
             "pooling",
@@ -892,7 +899,7 @@ def checks_quantize(suite: Suite) -> None:
                     torch,
                     "quantize",
                     functools.partial(call, backend="reference"),
-                    functools.partial(call, backend="triton"),
+                    functools.partial(call, backend=suite.kernel_backend),
                     precision,
                     x.float(),
                     ranges,
@@ -1641,6 +1648,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({section}: {time.perf_counter() - t0:.1f} s)", flush=True)
     kernels = defined_triton_kernels()
     never = sorted(n for names in kernels.values() for n in names if n not in suite.launched)
+    if set(args.sections) == set(SECTIONS) and all(
+        s in available for s in ("attention", "pooling", "quantize")
+    ):
+
+        def every_kernel_reached() -> str:
+            # A kernel the public API never dispatches to (or no check covers) would pass unseen.
+            missed = [n for n in never if n.endswith("_kernel")]
+            assert not missed, f"Triton kernels no check reached: {', '.join(missed)}"
+            return f"{len(suite.launched)} kernels launched"
+
+        suite.check("dispatch", "every Triton *_kernel is reached by the checks", every_kernel_reached)
     print(f"  Triton kernels launched by the checks: {', '.join(sorted(suite.launched)) or 'none'}")
     if never:
         print(

@@ -301,7 +301,7 @@ def test_gpu_suite_dry_run(tmp_path):
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["dry_run"] is True and doc["rows"] and not doc["notes"], doc["notes"]
     # Every section ran its checks: none was skipped as "not available".
-    assert {c["section"] for c in doc["checks"]} == set(_gpu_suite().SECTIONS)
+    assert {c["section"] for c in doc["checks"]} == {*_gpu_suite().SECTIONS, "dispatch"}
     # Every Triton kernel (a launched @triton.jit function, named *_kernel) is reached by some check.
     kernels = {name for names in doc["triton_kernels"].values() for name in names if name.endswith("_kernel")}
     assert kernels and kernels <= set(doc["launched"]["triton"]), kernels - set(doc["launched"]["triton"])
