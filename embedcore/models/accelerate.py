@@ -231,6 +231,9 @@ def undo(st_model: Any) -> Any:
     """
     current = st_model.__dict__.get(_ATTRIBUTE)
     if isinstance(current, AcceleratedEncode):
+        if current.embedder._attention is not None:  # encode(device="cuda") switched the attention
+            current.embedder._attention.undo()
+            current.embedder._attention = None
         if current._previous is not None:
             st_model.__dict__[_ATTRIBUTE] = current._previous
         else:

@@ -380,8 +380,6 @@ class Embedder:
         if multi_process and texts:
             result = self._encode_multi_process(texts, pool, device, chunk_size, show_progress_bar, options)
         else:
-            if chunk_size is not None and not multi_process:
-                logger.debug("chunk_size only applies to multi-process encoding; ignored")
             if device is not None and not isinstance(device, (list, tuple)):
                 self.to(device)
             result = self._embed(
@@ -490,7 +488,7 @@ class Embedder:
         if created:
             pool = pool_workers.start(self, list(device))
         try:
-            chunks = pool_workers.run(pool, texts, chunk_size, options)
+            chunks = pool_workers.run(pool, texts, chunk_size, options, show_progress_bar)
         finally:
             if created:
                 pool_workers.stop(pool)

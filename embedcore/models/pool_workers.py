@@ -65,7 +65,9 @@ def check_pool(pool: Any) -> Pool:
     return pool
 
 
-def run(pool: Pool, texts: list[str], chunk_size: int | None, options: dict[str, Any]) -> list[Any]:
+def run(
+    pool: Pool, texts: list[str], chunk_size: int | None, options: dict[str, Any], show_progress_bar: bool
+) -> list[Any]:
     """Sends ``texts`` in chunks to the pool and returns the chunk results in input order.
 
     Args:
@@ -73,10 +75,13 @@ def run(pool: Pool, texts: list[str], chunk_size: int | None, options: dict[str,
         texts: The (already prompt-resolved) texts.
         chunk_size: Texts per chunk; None picks ``ceil(n / workers / 10)`` capped at 5000.
         options: Keyword arguments of ``Embedder._embed`` (the same for every chunk).
+        show_progress_bar: A tqdm bar over the chunks.
 
     Returns:
         One result per chunk: a (n_chunk, D) float CPU tensor or a list of per-text results.
     """
+    from tqdm.auto import tqdm
+
     pool = check_pool(pool)
     if chunk_size is None:
         chunk_size = max(1, min(math.ceil(len(texts) / len(pool["processes"]) / 10), 5000))
@@ -84,7 +89,7 @@ def run(pool: Pool, texts: list[str], chunk_size: int | None, options: dict[str,
     for chunk_id, start_index in enumerate(starts):
         pool["input"].put((chunk_id, texts[start_index : start_index + chunk_size], options))
     outputs: list[Any] = [None] * len(starts)
-    for _ in starts:
+    for _ in tqdm(starts, desc="Chunks", disable=not show_progress_bar):
         chunk_id, result = _next_result(pool)
         outputs[chunk_id] = result
     for result in outputs:
