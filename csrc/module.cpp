@@ -60,7 +60,8 @@ CArray<Out> pairwise(CArray<In> a, CArray<In> b, int num_threads, Fn fn) {
   Out* po = out.mutable_data();
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : 1)
+#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : 1) \
+    if (na * nb * d > (int64_t(1) << 20))
     for (int64_t i = 0; i < na; ++i)
       for (int64_t j = 0; j < nb; ++j) po[i * nb + j] = Out(fn(pa + i * d, pb + j * d, size_t(d)));
   }

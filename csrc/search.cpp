@@ -78,7 +78,7 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
     // Query mode: each thread owns whole query blocks (heaps = outputs) and walks the whole corpus
     // tile by tile, readying a tile once (conversion, norms) for all of its blocks. No barriers in
     // the scan: on a shared machine a barrier can cost a scheduler time slice.
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
       // The team may be smaller than asked for (OMP_THREAD_LIMIT, nesting): stride by its real size.
       const int t = omp_get_thread_num(), team = omp_get_num_threads();

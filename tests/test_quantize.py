@@ -182,3 +182,34 @@ def test_bad_input(rng):
         dequantize(x, np.zeros((2, 6), np.float32))
     with pytest.raises(ValueError, match="Invalid backend"):
         ec.quantize(x, "int8", backend="cuda")
+
+
+def test_bucket_params_numpy_matches_torch(rng):
+    # The numpy fast paths (1-row quantize, search's int8 affine) derive the buckets without torch.
+    from embedcore.ops.quantize import bucket_params_numpy
+
+    for scale in (1e-6, 1e-2, 1.0, 37.0, 1e5):
+        r = np.sort((rng.standard_normal((2, 301)) * scale).astype(np.float32), axis=0)
+        r[:, 7] = r[0, 7]  # zero width: step 1
+        starts, steps = bucket_params(torch.from_numpy(r))
+        ns, nst = bucket_params_numpy(r)
+        np.testing.assert_array_equal(ns.view(np.int32), starts.numpy().view(np.int32))
+        np.testing.assert_array_equal(nst.view(np.int32), steps.numpy().view(np.int32))
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("shape", [(1, 384), (384,), (5, 13)])
+def test_numpy_fast_path_matches_general_path(rng, precision, dtype, shape):
+    # numpy input with given ranges skips the torch round trip; a tensor input takes the general path.
+    x = _data(rng, 8, shape[-1], dtype)
+    ranges = ec.quantization_ranges(x).astype(dtype)
+    x = x[0] if len(shape) == 1 else x[: shape[0]]
+    got = ec.quantize(x, precision, ranges=ranges)
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    expected = ec.quantize(t, precision, ranges=torch.from_numpy(ranges))
+    assert isinstance(got, np.ndarray) and got.dtype == expected.numpy().dtype
+    np.testing.assert_array_equal(got, expected.numpy())
+    if precision in ST_PRECISIONS:
+        st = quantize_embeddings(x if x.ndim == 2 else x[None], precision, ranges=ranges)
+        np.testing.assert_array_equal(got.reshape(st.shape), st)

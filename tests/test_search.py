@@ -369,3 +369,34 @@ def test_empty_query_batch(rng, dtype, metric):
     c = rng.integers(0, 100, size=(40, 6)).astype(dtype)
     scores, indices = ec.search(np.zeros((0, 6), dtype), c, k=5, metric=metric)
     assert scores.shape == indices.shape == (0, 5)
+
+
+def test_int8_ranges_cache_follows_the_ranges(rng):
+    # The native path reuses the checked ranges of the previous call: a changed (or bad) array must
+    # not hit it.
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    ranges = np.stack([x.min(0), x.max(0)]).astype(np.float32)
+    codes = ec.quantize(x, "int8", ranges=ranges)
+    q = rng.standard_normal((3, 24)).astype(np.float32)
+    for r in (ranges, ranges * 2, ranges.astype(np.float64), ranges):
+        scores, indices = ec.search(q, codes, k=7, metric="dot", ranges=r)
+        _check_any(scores, indices, q, codes, r.astype(np.float32), 7, "dot")
+    bad = ranges.copy()
+    bad[0, 3] = np.nan
+    with pytest.raises(ValueError, match="ranges contains NaN"):
+        ec.search(q, codes, k=7, metric="dot", ranges=bad)
+    bad[0, 3] = bad[1, 3] + 1
+    with pytest.raises(ValueError, match="minimum"):
+        ec.search(q, codes, k=7, metric="dot", ranges=bad)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_topk_split_rows_agree(rng, threads):
+    # Small top-k problems stay on one thread; a row long enough to split across threads (ties
+    # straddling the chunks) must give the single-thread answer.
+    native = _backend.require_native()
+    scores = rng.integers(0, 3, size=(1, 1_200_000)).astype(np.float32)
+    values, indices = native.topk_f32(scores, 50, True, threads)
+    order = np.argsort(-scores[0], kind="stable")[:50]
+    np.testing.assert_array_equal(indices[0], order)
+    np.testing.assert_array_equal(values[0], scores[0, order])

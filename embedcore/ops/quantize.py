@@ -110,6 +110,46 @@ def bucket_params(ranges: Any) -> tuple[Any, Any]:
     return starts, steps.contiguous()
 
 
+def bucket_params_numpy(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bucket_params` in numpy for float32 (2, dim) ``ranges``: the same float32 operations
+    (one IEEE subtraction and division per dimension), so the same bits, without torch's per-call cost.
+    """
+    starts = np.ascontiguousarray(ranges[0])
+    steps = (ranges[1] - starts) / np.float32(255)
+    steps[steps == 0] = 1
+    return starts, steps
+
+
+def _check_ranges_numpy(ranges: Any, dim: int) -> np.ndarray:
+    """:func:`check_ranges` for float numpy ``ranges`` on the CPU: float32 (2, dim), same errors."""
+    if ranges.ndim != 2 or ranges.shape[0] != 2 or ranges.shape[1] != dim:
+        raise ValueError(f"ranges must have shape (2, {dim}) (min row, max row), got {tuple(ranges.shape)}")
+    r = ranges.astype(np.float32)
+    if not np.isfinite(r).all():
+        raise ValueError("ranges contains NaN or infinity")
+    if (r[0] > r[1]).any():
+        raise ValueError("ranges[0] (minimum) exceeds ranges[1] (maximum) in some dimension")
+    return r
+
+
+def _quantize_numpy_fast(x: np.ndarray, precision: str, ranges: Any) -> np.ndarray | None:
+    """The codes of a float numpy ``x`` (1-D or 2-D, non-empty) without the torch round trip, or None
+    when the general path must run (a list, other dtypes, ranges to derive, ...). Small calls (one
+    query) are dominated by that round trip; the arithmetic is :func:`_quantize_numpy`'s, so the
+    codes are bit-identical."""
+    if x.dtype not in (np.float32, np.float64, np.float16) or x.ndim not in (1, 2) or x.size == 0:
+        return None
+    if precision in BINARY_PRECISIONS:
+        return _quantize_numpy(x, precision, None, None, "embeddings")
+    if (precision in SCALAR_PRECISIONS and isinstance(ranges, np.ndarray)
+            and ranges.dtype in (np.float32, np.float64, np.float16)):
+        starts, steps = bucket_params_numpy(_check_ranges_numpy(ranges, int(x.shape[-1])))
+        if x.dtype == np.float16:  # the general path computes float16 input in float32
+            x = x.astype(np.float32)
+        return _quantize_numpy(x, precision, starts, steps, "embeddings")
+    return None
+
+
 def _packbits_torch(bits: Any) -> Any:
     """``numpy.packbits(bits, axis=-1)`` for a bool tensor on any device: MSB first, zero padded."""
     import torch
@@ -131,8 +171,8 @@ def _nan_error(name: str, precision: str) -> ValueError:
 def _quantize_numpy(x: np.ndarray, precision: str, starts: Any, steps: Any, name: str) -> np.ndarray:
     """sentence-transformers' numpy expressions, in place after the first (fewer passes, same bits)."""
     if precision in SCALAR_PRECISIONS:
-        q = np.subtract(x, starts.numpy())  # float32 (float64 for float64 x), as sentence-transformers
-        np.divide(q, steps.numpy(), out=q)
+        q = np.subtract(x, np.asarray(starts))  # float32 (float64 for float64 x), as sentence-transformers
+        np.divide(q, np.asarray(steps), out=q)
         np.floor(q, out=q)
         np.clip(q, 0, 255, out=q)
         # NaN survives clip and would cast to an arbitrary code; values in [0, 255] cannot overflow the sum.
@@ -308,6 +348,10 @@ def quantize(
     """
     precision = check_precision(precision)
     backend = check_backend(backend)
+    if isinstance(embeddings, np.ndarray) and backend != "triton":
+        codes = _quantize_numpy_fast(embeddings, precision, ranges)
+        if codes is not None:
+            return codes
     if isinstance(embeddings, (list, tuple)):
         if not embeddings:
             return []

@@ -53,8 +53,17 @@ _CUDA_MAX_WIDTH = 6144
 _CUDA_MAX_QUERIES = 8 * 65535
 
 
+# dtype -> name: formatting a numpy dtype as a string costs microseconds (Python-level __str__), a
+# dict lookup on the dtype object tens of nanoseconds.
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype_name(x: Any) -> str:
-    return str(x.dtype).removeprefix("torch.")
+    dtype = x.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def _check_k(k: Any, n: int) -> int:
@@ -113,13 +122,35 @@ def _int8_affine(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The affine form of :func:`embedcore.ops.quantize.dequantize` (``(c + 128) * step + min`` with
     sentence-transformers' float32 buckets), built from that module's own bucket parameters.
     """
-    import torch
+    from embedcore.ops.quantize import bucket_params_numpy
 
-    from embedcore.ops.quantize import bucket_params
-
-    starts, steps = bucket_params(torch.from_numpy(np.ascontiguousarray(ranges, dtype=np.float32)))
-    starts64, steps64 = starts.double().numpy(), steps.double().numpy()
+    starts, steps = bucket_params_numpy(np.ascontiguousarray(ranges, dtype=np.float32))
+    starts64, steps64 = starts.astype(np.float64), steps.astype(np.float64)
     return starts64 + 128.0 * steps64, steps64
+
+
+# The last ranges checked and their float32 (offset, scale): an index searches with the same ranges
+# call after call, and re-deriving them (finite checks, bucket steps) cost more than the scan of a
+# small corpus. Keyed by dtype and bytes, so a changed array misses.
+# One slot holding a (key, affine) tuple: replaced in one store, so threads never see a mixed pair.
+_AFFINE_CACHE: list[Any] = [(None, None)]
+
+
+def _checked_affine(ranges: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(offset, scale)`` (dim,) of checked ``ranges`` (see :func:`_check_ranges`)."""
+    r = ranges
+    if isinstance(r, np.ndarray) and r.dtype.kind == "f" and r.shape == (2, dim):
+        key = (r.dtype.str, r.tobytes())
+        cached_key, cached = _AFFINE_CACHE[0]
+        if cached_key == key:
+            return cached
+    else:
+        key = None
+    offset64, scale64 = _int8_affine(_check_ranges(ranges, dim))
+    affine = (offset64.astype(np.float32), scale64.astype(np.float32))
+    if key is not None:
+        _AFFINE_CACHE[0] = (key, affine)
+    return affine
 
 
 def _dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -145,6 +176,8 @@ def _check_ranges(ranges: Any, dim: int) -> np.ndarray:
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     """A C-contiguous numpy array holding ``x``; bfloat16 tensors become float32 (exact)."""
+    if type(x) is np.ndarray:
+        return np.ascontiguousarray(x)
     if is_tensor(x):
         import torch
 
@@ -190,25 +223,26 @@ def _native_corpus(corpus: Any) -> tuple[np.ndarray, str]:
 
 
 def _search_native(
-    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
+    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """CPU search in ``embedcore._C``: the fused scan into per-query heaps (for large float batches it
-    matches a BLAS matmul alone, which blocked torch.mm + native top-k did not)."""
+    matches a BLAS matmul alone, which blocked torch.mm + native top-k did not). ``ranges`` are the
+    caller's, unchecked: :func:`_checked_affine` checks them (once for repeated ranges)."""
     native = _backend.require_native()
     threads = _backend.num_threads()
     if kind == "hamming":
-        q = _to_numpy(queries, "queries").view(np.uint8)
-        c = _to_numpy(corpus, "corpus").view(np.uint8)  # binary: XOR cancels the shared -128 shift
+        q, c = _to_numpy(queries, "queries"), _to_numpy(corpus, "corpus")
+        if q.dtype != np.uint8:  # binary: XOR cancels the shared -128 shift
+            q, c = q.view(np.uint8), c.view(np.uint8)
         return native.search_hamming(q, c, k, threads)
     if kind == "int8":
         q, c = _to_numpy(queries, "queries"), _to_numpy(corpus, "corpus")
         return native.search_int8(q, c, metric, k, threads)
-    q = _float32_queries(queries, metric)
-    c, fmt = _native_corpus(corpus)
     offset = scale = None
     if kind == "int8_asym":
-        offset64, scale64 = _int8_affine(ranges)
-        offset, scale = offset64.astype(np.float32), scale64.astype(np.float32)
+        offset, scale = _checked_affine(ranges, int(corpus.shape[1]))
+    q = _float32_queries(queries, metric)
+    c, fmt = _native_corpus(corpus)
     return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
 
 
@@ -432,11 +466,14 @@ def search(
         raise ValueError("queries and corpus have dim 0")
     k = _check_k(k, n)
     kind = _kind(_dtype_name(queries), _dtype_name(corpus), metric, ranges is not None)
-    q_dev = queries.device.type if is_tensor(queries) else "cpu"
+    q_tensor = is_tensor(queries)
+    q_dev = queries.device.type if q_tensor else "cpu"
     c_dev = corpus.device.type if is_tensor(corpus) else "cpu"
     if q_dev != c_dev:
         raise ValueError(f"queries are on {q_dev}, corpus is on {c_dev}; put both on one device")
-    r = _check_ranges(ranges, dim) if kind == "int8_asym" else None
+    native = q_dev == "cpu" and not _backend.force_reference()
+    # The native path checks ranges itself, caching the result for repeated ranges.
+    r = _check_ranges(ranges, dim) if kind == "int8_asym" and not native else None
     if kind == "int8":
         limit = _INT8_L2_MAX_DIM if metric == "l2" else _INT8_DOT_MAX_DIM
         if dim > limit:
@@ -445,14 +482,14 @@ def search(
     q2 = queries.reshape(1, dim) if single else queries
     if q_dev != "cpu":
         scores, indices = _search_torch(q2.detach(), corpus.detach(), k, metric, kind, r)
-    elif _backend.force_reference():
+    elif not native:
         q, c = _to_numpy(q2, "queries"), _to_numpy(corpus, "corpus")
         _check_finite(q, "queries")
         _check_finite(c, "corpus")
         scores, indices = search_reference(q, c, k, metric, r)
     else:
-        scores, indices = _search_native(q2, corpus, k, metric, kind, r)
-    if is_tensor(queries) and not is_tensor(scores):
+        scores, indices = _search_native(q2, corpus, k, metric, kind, ranges)
+    if q_tensor and not is_tensor(scores):
         import torch
 
         scores, indices = torch.from_numpy(scores), torch.from_numpy(indices)
