@@ -6,19 +6,22 @@
    version, and written atomically; the second run reuses them.
 2. Builds a binary index with int8 rescoring (cached on disk too, loaded memory-mapped) and
    float32, int8 and binary indexes for comparison.
-3. Prints recall@10 against exact float search for each format, single-query latency (mean, median) of
-   embedcore, FAISS (IndexFlatIP, IndexScalarQuantizer 8-bit, IndexBinaryFlat) and numpy on the same
-   data, index bytes per vector, encode throughput, and the smallest rescore multiplier that reaches
-   a requested recall (estimated on corpus rows used as queries).
+3. Prints recall@10 against exact float search for each format, single-query latency (median, with
+   the mean in parentheses) of embedcore, FAISS (IndexFlatIP, IndexScalarQuantizer 8-bit,
+   IndexBinaryFlat) and numpy on the same data, timed interleaved query by query so that load on a
+   shared machine hits all three alike, the ratio of the medians, index bytes per vector, encode
+   throughput, and the smallest rescore multiplier that reaches a requested recall (estimated on
+   corpus rows used as queries).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,18 +150,60 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth)]))
 
 
-def _latency_ms(fn: Callable[[np.ndarray], Any] | None, queries: np.ndarray) -> tuple[float, float] | None:
-    """(mean, median) wall time of ``fn`` over single queries in milliseconds, after one warm-up
-    call; None for a missing ``fn``. The median shows what a busy machine does to the mean."""
-    if fn is None:
-        return None
-    fn(queries[:1])
-    times = []
-    for i in range(len(queries)):
-        start = time.perf_counter()
-        fn(queries[i : i + 1])
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.mean(times)), 1e3 * float(np.median(times))
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Runs the body with FAISS's OpenMP and, when threadpoolctl is installed, every BLAS/OpenMP
+    pool (numpy's OpenBLAS included) at one thread, as embedcore searches a single query.
+
+    Several thread pools on a small shared machine stall one another (each spins its idle workers
+    after a call): interleaved single-query timings at the default thread counts measure those
+    stalls, not the searches.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            import faiss
+        except ImportError:
+            faiss = None
+        if faiss is not None:
+            before = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            stack.callback(faiss.omp_set_num_threads, before)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            stack.enter_context(threadpool_limits(1))
+        yield
+
+
+def _latencies_ms(
+    fns: list[Callable[[np.ndarray], Any] | None], queries: np.ndarray
+) -> list[tuple[float, float] | None]:
+    """(median, mean) wall time in milliseconds of each function over single queries, timed
+    interleaved: every query runs through all functions before the next query (the order rotating
+    from query to query), so a load spike on a shared machine hits them alike. One warm-up call
+    each; None for a missing function.
+
+    Args:
+        fns: functions taking a (1, dim) float32 query (None entries are skipped).
+        queries: (nq, dim) float32 queries.
+    """
+    live = [i for i, fn in enumerate(fns) if fn is not None]
+    for i in live:
+        fns[i](queries[:1])
+    times: dict[int, list[float]] = {i: [] for i in live}
+    for j in range(len(queries)):
+        q = queries[j : j + 1]
+        shift = j % max(1, len(live))
+        for i in live[shift:] + live[:shift]:
+            start = time.perf_counter()
+            fns[i](q)
+            times[i].append(time.perf_counter() - start)
+    return [
+        (1e3 * float(np.median(times[i])), 1e3 * float(np.mean(times[i]))) if i in times else None
+        for i in range(len(fns))
+    ]
 
 
 def _numpy_top(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
@@ -315,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
     for key, name, index, fn in methods:
         recalls[key] = _recall(fn(queries)[1], truth)
         faiss_fn, numpy_fn = base.get(key, (None, None))
-        ours, theirs, plain = (_latency_ms(f, lat_q) for f in (fn, faiss_fn, numpy_fn))
+        with one_thread():
+            ours, theirs, plain = _latencies_ms([fn, faiss_fn, numpy_fn], lat_q)
         cell = lambda t: "-" if t is None else f"{t[0]:.3f} ({t[1]:.3f})"
         table.append(
             [
@@ -331,9 +377,11 @@ def run(args: argparse.Namespace) -> int:
 
     header = ["method", "bytes/vec", "recall@10", "embedcore ms", "FAISS ms", "numpy ms", "FAISS/embedcore"]
     print(
-        f"\nrecall@10 against exact float search; single-query latency in ms, mean (median) over "
-        f"{len(lat_q)} queries; FAISS: IndexFlatIP, IndexScalarQuantizer QT_8bit, IndexBinaryFlat "
-        "[+ numpy rescoring]; FAISS/embedcore: ratio of the means\n"
+        f"\nrecall@10 against exact float search; single-query latency in ms, median (mean) over "
+        f"{len(lat_q)} queries, the three timed interleaved on the same queries, each at one thread; "
+        "FAISS: IndexFlatIP, "
+        "IndexScalarQuantizer QT_8bit, IndexBinaryFlat [+ numpy rescoring]; FAISS/embedcore: ratio "
+        "of the medians (> 1: embedcore faster)\n"
     )
     print(_table(table, header))
 

@@ -26,6 +26,18 @@ Hamming distances (smallest first) for a binary index without rescoring.
 
 int8 ranges (per-dimension min/max) are fixed at the first add, or given, and reused for every
 later add: values outside them are clipped to the end buckets.
+
+Device residency: ``Index(..., device="cuda")`` (or :meth:`Index.to`, or ``Index.load(...,
+device=...)``) keeps the codes, the rescoring copy and the ids as torch tensors on that device;
+adds quantise there and searches run :func:`embedcore.search` on the device tensors (its CUDA path
+for CUDA tensors), rescoring included. Such an index returns torch tensors on its device whatever
+the queries were. ``device=None`` (the default) keeps numpy arrays in host memory.
+
+Rescoring with ``rescore="int8"`` scores the candidates' dequantised vectors (exactly
+:func:`embedcore.ops.quantize.dequantize`); they are cached as float32 next to the codes while the
+cache stays under :data:`DEQUANT_CACHE_BYTES`, and computed per query for larger indexes (same
+values, so the same results either way). The cache is memory only: never saved, and not counted in
+:attr:`Index.nbytes`.
 """
 
 from __future__ import annotations
@@ -55,6 +67,17 @@ FORMAT_VERSION = 1
 # Candidate multipliers tried by tune_rescore_multiplier, in order.
 _MULTIPLIERS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100)
 _RESERVED = ("ids", "codes", "rescore_vectors", "ranges")
+# Largest float32 cache of dequantised int8 rescoring vectors kept in memory (bytes).
+DEQUANT_CACHE_BYTES = 256 << 20
+
+
+def _host(a: Any) -> np.ndarray:
+    """A numpy array holding ``a`` (a numpy array, or a tensor on any device)."""
+    return a.detach().cpu().numpy() if is_tensor(a) else a
+
+
+def _nbytes(a: Any) -> int:
+    return a.numel() * a.element_size() if is_tensor(a) else a.nbytes
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -64,9 +87,17 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _normalize(x: np.ndarray, name: str) -> np.ndarray:
-    """Rows scaled to unit length, computed in float64 so unit rows come back unchanged."""
+    """Rows of finite-checked float32 ``x`` (n, dim) scaled to unit length, computed in float64 so
+    unit rows come back unchanged.
+
+    Raises:
+        ValueError: NaN/inf in ``x`` (a row's float64 sum of squares of float32 values is finite
+            exactly when the row is: no separate pass over ``x``), or a zero row.
+    """
     x64 = x.astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    if not np.isfinite(norms).all():
+        raise ValueError(f"{name} contains NaN or infinity")
     if (norms == 0).any():
         row = int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
@@ -76,27 +107,43 @@ def _normalize(x: np.ndarray, name: str) -> np.ndarray:
 class _Rows:
     """A growable (n, width) array: amortised O(1) appends, views without copies.
 
-    It may start from a read-only memory map; the first append or removal copies into memory.
+    The storage is a numpy array or a torch tensor (device-resident index). It may start from a
+    read-only memory map; the first append or removal copies into memory.
     """
 
-    def __init__(self, data: np.ndarray) -> None:
+    def __init__(self, data: Any) -> None:
         self._data = data
         self._n = len(data)
 
-    def view(self) -> np.ndarray:
+    def view(self) -> Any:
         return self._data[: self._n]
 
-    def append(self, rows: np.ndarray) -> None:
+    def append(self, rows: Any) -> None:
         need = self._n + len(rows)
-        if need > len(self._data) or not self._data.flags.writeable:
-            grown = np.empty((max(need, 2 * self._n, 16), *self._data.shape[1:]), self._data.dtype)
-            grown[: self._n] = self._data[: self._n]
+        data = self._data
+        if is_tensor(data):
+            if need > len(data):
+                import torch
+
+                grown = torch.empty((max(need, 2 * self._n, 16), *data.shape[1:]), dtype=data.dtype,
+                                    device=data.device)
+                grown[: self._n] = data[: self._n]
+                self._data = grown
+        elif need > len(data) or not data.flags.writeable:
+            grown = np.empty((max(need, 2 * self._n, 16), *data.shape[1:]), data.dtype)
+            grown[: self._n] = data[: self._n]
             self._data = grown
         self._data[self._n : need] = rows
         self._n = need
 
     def keep(self, mask: np.ndarray) -> None:
-        self._data = np.ascontiguousarray(self.view()[mask])
+        """Keeps the rows where the (n,) bool numpy ``mask`` is true, in order."""
+        if is_tensor(self._data):
+            import torch
+
+            self._data = self.view()[torch.from_numpy(mask).to(self._data.device)].contiguous()
+        else:
+            self._data = np.ascontiguousarray(self.view()[mask])
         self._n = len(self._data)
 
 
@@ -112,6 +159,9 @@ class Index:
         rescore_multiplier: candidates per result taken from the scan when rescoring (>= 1).
         ranges: (2, dim) float per-dimension min/max for the int8 codes (int8 precision or int8
             rescoring); default: taken from the first :meth:`add`.
+        device: None (numpy arrays in host memory) or a torch device ("cuda", "cuda:1", "cpu"):
+            codes, rescoring copy and ids are kept as tensors there, searched there, and results
+            come back as tensors on it.
 
     Example::
 
@@ -128,6 +178,7 @@ class Index:
         rescore: Rescore | None = None,
         rescore_multiplier: int = 4,
         ranges: Any = None,
+        device: Any = None,
     ) -> None:
         self.dim = _positive_int(dim, "dim")
         if precision not in PRECISIONS:
@@ -159,6 +210,46 @@ class Index:
             else _Rows(np.empty((0, self.dim), np.int8 if rescore == "int8" else np.float32))
         )
         self._next_id = 0
+        self.device: Any = None
+        self._ranges_dev: Any = None  # the ranges as a tensor on the device (device indexes)
+        self._deq: Any = None  # cached dequantised int8 rescoring vectors (or None)
+        if device is not None:
+            self._move(device)
+
+    def _move(self, device: Any) -> None:
+        """Puts the stored arrays on ``device`` (a torch device) or, for None, in numpy host memory."""
+        if device is None:
+            convert = _host
+        else:
+            import torch
+
+            device = torch.device(device)
+
+            def convert(a: Any) -> Any:
+                if is_tensor(a):
+                    return a.to(device)
+                return torch.from_numpy(np.array(a)).to(device)  # a copy: memory maps are read-only
+
+        for name in ("_ids", "_codes", "_extra"):
+            rows = getattr(self, name)
+            if rows is not None:
+                setattr(self, name, _Rows(convert(rows.view())))
+        self.device = device
+        self._deq = None
+        self._ranges_dev = None if device is None or self._ranges is None else convert(self._ranges)
+
+    def to(self, device: Any) -> Index:
+        """Moves the stored arrays to ``device`` in place and returns the index.
+
+        Args:
+            device: a torch device (or its name) to keep tensors there, or None for numpy arrays
+                in host memory.
+
+        Returns:
+            self.
+        """
+        self._move(device)
+        return self
 
     # ---------------------------------------------------------------- properties
 
@@ -172,8 +263,11 @@ class Index:
         )
 
     @property
-    def ids(self) -> np.ndarray:
-        """(n,) int64 user ids in storage order (read-only view)."""
+    def ids(self) -> Any:
+        """(n,) int64 user ids in storage order: a read-only numpy view, or for a device index a
+        tensor on its device (a copy)."""
+        if self.device is not None:
+            return self._ids.view().clone()
         view = self._ids.view().view()
         view.flags.writeable = False
         return view
@@ -191,8 +285,8 @@ class Index:
     @property
     def nbytes(self) -> int:
         """Bytes held for the vectors: scanned codes plus rescoring copy plus ranges (ids excluded)."""
-        total = self._codes.view().nbytes + (0 if self._ranges is None else self._ranges.nbytes)
-        return total + (0 if self._extra is None else self._extra.view().nbytes)
+        total = _nbytes(self._codes.view()) + (0 if self._ranges is None else self._ranges.nbytes)
+        return total + (0 if self._extra is None else _nbytes(self._extra.view()))
 
     def _uses_int8(self) -> bool:
         return self.precision == "int8" or self.rescore == "int8"
@@ -210,20 +304,60 @@ class Index:
 
     # ---------------------------------------------------------------- add / remove
 
-    def _float_rows(self, x: Any, name: str) -> np.ndarray:
-        """``x`` as a finite float32 (n, dim) numpy array, normalised for ``cos``."""
+    def _float_rows(self, x: Any, name: str) -> Any:
+        """``x`` as a finite float32 (n, dim) numpy array (a tensor on the device of a device
+        index), normalised for ``cos``."""
         check_array(x, name)
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n, {self.dim}), got shape {tuple(x.shape)}")
         if int(x.shape[1]) != self.dim:
             raise ValueError(f"{name} has dim {int(x.shape[1])}, the index has dim {self.dim}")
-        arr = cpu_numpy(x, name)
+        if self.device is not None:
+            return self._float_rows_device(x, name)
+        # float32 C-contiguous numpy (the usual query) needs no conversion.
+        arr = x if isinstance(x, np.ndarray) and x.dtype == np.float32 else cpu_numpy(x, name)
         if arr.dtype.kind != "f":
             raise TypeError(f"{name} must hold floats (float16/bfloat16/float32/float64), got {arr.dtype}")
-        arr = arr.astype(np.float32, copy=False)
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if self.metric == "cos":
+            return _normalize(arr, name)  # checks NaN/inf on the way
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or infinity")
-        return _normalize(arr, name) if self.metric == "cos" else arr
+        return arr
+
+    def _float_rows_device(self, x: Any, name: str) -> Any:
+        """:meth:`_float_rows` in torch on the index's device: the same checks and the same float64
+        normalisation, so a device="cpu" index stores and searches the same values."""
+        import torch
+
+        if is_tensor(x):
+            t = x.detach()
+            floating = t.dtype.is_floating_point
+        else:
+            floating = x.dtype.kind == "f"
+            t = torch.from_numpy(np.ascontiguousarray(x)) if floating else None
+        if not floating:
+            raise TypeError(f"{name} must hold floats (float16/bfloat16/float32/float64), got {x.dtype}")
+        t = t.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinity")
+        if self.metric != "cos":
+            return t.contiguous()
+        t64 = t.double()
+        norms = (t64 * t64).sum(1).sqrt()
+        zero = norms == 0
+        if bool(zero.any()):
+            row = int(torch.nonzero(zero)[0, 0])
+            raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
+        return (t64 / norms[:, None]).to(torch.float32).contiguous()
+
+    def _store(self, a: np.ndarray) -> Any:
+        """A host numpy array as the index keeps it: unchanged, or a tensor on its device."""
+        if self.device is None:
+            return a
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
@@ -239,7 +373,7 @@ class Index:
         uniq, counts = np.unique(arr, return_counts=True)
         if (counts > 1).any():
             raise ValueError(f"ids contains duplicates, e.g. {int(uniq[counts > 1][0])}")
-        clash = np.isin(arr, self._ids.view())
+        clash = np.isin(arr, _host(self._ids.view()))
         if clash.any():
             raise ValueError(f"id {int(arr[clash][0])} is already in the index (ids must be unique)")
         return arr
@@ -271,24 +405,30 @@ class Index:
                     "the first add to an int8 index needs at least 2 rows to derive the quantization "
                     "ranges; add more rows or pass ranges= to Index()"
                 )
-            ranges = quantization_ranges(x)
+            ranges = _host(quantization_ranges(x)).astype(np.float32)
+        # On a device, ec.quantize runs there (tensor in, tensor out) with the ranges as a tensor.
+        dev_ranges = self._ranges_dev
+        if ranges is not None and self.device is not None and dev_ranges is None:
+            dev_ranges = self._store(ranges)
+        q_ranges = ranges if self.device is None else dev_ranges
         # Everything is computed before any state changes, so a failed add leaves the index as it was.
         if self.precision == "binary":
             codes = quantize(x, "ubinary")
         elif self.precision == "int8":
-            codes = quantize(x, "int8", ranges=ranges)
+            codes = quantize(x, "int8", ranges=q_ranges)
         else:
             codes = quantize(x, self.precision)
         extra = None
         if self.rescore == "int8":
-            extra = quantize(x, "int8", ranges=ranges)
+            extra = quantize(x, "int8", ranges=q_ranges)
         elif self.rescore == "float32":
             extra = x
-        self._ranges = ranges
+        self._ranges, self._ranges_dev = ranges, dev_ranges
+        self._deq = None
         self._codes.append(codes)
         if extra is not None:
             self._extra.append(extra)
-        self._ids.append(new_ids)
+        self._ids.append(self._store(new_ids))
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
 
     def remove(self, ids: Any) -> int:
@@ -307,20 +447,22 @@ class Index:
         if arr.size and arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64)
-        missing = ~np.isin(arr, self._ids.view())
+        stored = _host(self._ids.view())
+        missing = ~np.isin(arr, stored)
         if missing.any():
             raise KeyError(f"id {int(arr[missing][0])} is not in the index")
-        keep = ~np.isin(self._ids.view(), arr)
+        keep = ~np.isin(stored, arr)
         removed = int(len(keep) - keep.sum())
         if removed:
             for rows in (self._ids, self._codes, self._extra):
                 if rows is not None:
                     rows.keep(keep)
+            self._deq = None
         return removed
 
     # ---------------------------------------------------------------- search
 
-    def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self, q: Any, k: int) -> tuple[Any, Any]:
         """Top-k rows of the scanned format for float queries ``q`` (already normalised for cos)."""
         from embedcore.ops.quantize import quantize
         from embedcore.ops.search import search
@@ -333,34 +475,68 @@ class Index:
             return search(q, codes, k, metric, ranges=self._ranges)
         return search(q, codes, k, metric)
 
-    def _rescore_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Float32 (len(rows), dim) rescoring vectors of the given storage rows."""
+    def _dequantised(self) -> Any:
+        """All int8 rescoring vectors dequantised, float32 (n, dim), cached until the next add or
+        removal; None when that would take more than :data:`DEQUANT_CACHE_BYTES`."""
         from embedcore.ops.quantize import dequantize
 
-        picked = self._extra.view()[rows]
-        return dequantize(picked, self._ranges) if self.rescore == "int8" else picked
+        if self._deq is None:
+            codes = self._extra.view()
+            if len(codes) * self.dim * 4 > DEQUANT_CACHE_BYTES:
+                return None
+            if isinstance(codes, np.ndarray) and not codes.flags.writeable:
+                codes = codes.copy()  # a read-only memory map: torch.from_numpy warns on those
+            self._deq = dequantize(codes, self._ranges if self.device is None else self._ranges_dev)
+        return self._deq
 
-    def _rescore(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rescore_vectors(self, rows: Any = None) -> Any:
+        """Float32 (len(rows), dim) rescoring vectors of the given storage rows (None: all rows).
+
+        Args:
+            rows: (m,) int64 storage rows, numpy (a tensor on the device of a device index), or None.
+        """
+        from embedcore.ops.quantize import dequantize
+
+        if self.rescore == "float32":
+            vectors = self._extra.view()
+            return vectors if rows is None else vectors[rows]
+        cached = self._dequantised()
+        if cached is not None:
+            return cached if rows is None else cached[rows]
+        codes = self._extra.view() if rows is None else self._extra.view()[rows]
+        return dequantize(codes, self._ranges if self.device is None else self._ranges_dev)
+
+    def _rescore(self, q: Any, candidates: Any, k: int) -> tuple[Any, Any]:
         """Rescores candidate rows (nq, c) with float queries (nq, dim); returns the best k per query.
 
-        Each query's candidates are scored by :func:`embedcore.search` over just those rows: the
-        float32 vectors, or the int8 codes with the index's ranges (the dequantised vectors).
+        Each query's candidates are scored by :func:`embedcore.search` over just those rows' float32
+        vectors: the stored float vectors, or the dequantised int8 codes.
         """
         from embedcore.ops.search import search
 
-        # Ascending rows: search's tie rule (lower position first) then means lower storage row first.
-        candidates = np.sort(candidates, axis=1)
-        vectors = self._extra.view()
         metric = "dot" if self.metric == "cos" else self.metric
-        ranges = self._ranges if self.rescore == "int8" else None
-        scores = np.empty((len(q), k), np.float32)
-        rows = np.empty((len(q), k), np.int64)
-        for i, cand in enumerate(candidates):
-            s, pos = search(q[i : i + 1], vectors[cand], k, metric, ranges=ranges)
+        # Ascending rows: search's tie rule (lower position first) then means lower storage row first.
+        if self.device is None:
+            candidates = np.sort(candidates, axis=1)
+            scores = np.empty((len(q), k), np.float32)
+            rows = np.empty((len(q), k), np.int64)
+        else:
+            import torch
+
+            candidates = torch.sort(candidates, dim=1).values
+            scores = torch.empty((len(q), k), dtype=torch.float32, device=self.device)
+            rows = torch.empty((len(q), k), dtype=torch.int64, device=self.device)
+        if len(q) == 1:  # one query: no result buffers to fill
+            cand = candidates[0]
+            s, pos = search(q, self._rescore_vectors(cand), k, metric)
+            return s, cand[pos]
+        for i in range(len(q)):
+            cand = candidates[i]
+            s, pos = search(q[i : i + 1], self._rescore_vectors(cand), k, metric)
             scores[i], rows[i] = s[0], cand[pos[0]]
         return scores, rows
 
-    def _search_rows(self, queries: np.ndarray, k: int, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_rows(self, queries: Any, k: int, n_candidates: int) -> tuple[Any, Any]:
         """(scores, storage rows) for prepared float queries, taking ``n_candidates`` when rescoring."""
         if self.rescore is None:
             return self._scan(queries, k)
@@ -371,7 +547,8 @@ class Index:
         """Exact top-k search.
 
         Args:
-            queries: (nq, dim) float numpy array or CPU tensor; or, for an int8 index without
+            queries: (nq, dim) float numpy array or tensor (a CPU one for a host index; any
+                device for a device index, which moves it to its own); or, for an int8 index without
                 rescoring, (nq, dim) int8 codes made with :attr:`ranges` (symmetric: integer dot or
                 l2 of the codes, or their cosine);
                 or, for a binary index without rescoring, (nq, ceil(dim / 8)) uint8 packed sign bits.
@@ -381,7 +558,8 @@ class Index:
         Returns:
             (scores, ids): (nq, k) float32 (int32 for int8 dot/l2 or binary queries) and int64 ids,
             best first (see the module docstring for score units), ties toward the earlier-stored
-            vector. numpy in, numpy out; tensor in, tensor out.
+            vector. Host index: numpy in, numpy out; tensor in, tensor out. Device index: tensors
+            on the index's device.
 
         Raises:
             ValueError: an empty index, k out of range, wrong query shape or dim, NaN/inf.
@@ -418,11 +596,17 @@ class Index:
             if int(queries.shape[1]) != width:
                 raise ValueError(f"queries have width {int(queries.shape[1])}, the index codes have {width}")
             # int8 codes are compared as they are (cos: of the codes, as sentence-transformers does).
-            scores, rows = search(
-                cpu_numpy(queries, "queries"), self._codes.view(), k, "hamming" if packed else self.metric
-            )
+            if self.device is None:
+                codes_q = cpu_numpy(queries, "queries")
+            elif is_tensor(queries):
+                codes_q = queries.detach().to(self.device)
+            else:
+                codes_q = self._store(queries)
+            scores, rows = search(codes_q, self._codes.view(), k, "hamming" if packed else self.metric)
         else:
             scores, rows = self._search_rows(self._float_rows(queries, "queries"), k, k * mult)
+        if self.device is not None or isinstance(queries, np.ndarray):
+            return scores, self._ids.view()[rows]
         return like(scores, queries), like(self._ids.view()[rows], queries)
 
     def tune_rescore_multiplier(
@@ -466,15 +650,15 @@ class Index:
             raise ValueError(f"the index needs more than k={k} vectors to estimate recall, it has {n}")
         sample_size = min(_positive_int(sample_size, "sample_size"), n)
         if embeddings is None:
-            reference = self._rescore_vectors(np.arange(n))
+            reference = self._rescore_vectors()
         else:
             reference = self._float_rows(embeddings, "embeddings")
             if len(reference) != n:
                 raise ValueError(f"embeddings has {len(reference)} rows, the index holds {n}")
         rows = np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))
-        queries = reference[rows]
+        queries = reference[self._store(rows)]
         metric = "dot" if self.metric == "cos" else self.metric
-        _, truth = search(queries, reference, k + 1, metric)
+        truth = _host(search(queries, reference, k + 1, metric)[1])
 
         def recall(found: np.ndarray) -> float:
             hits = 0
@@ -486,7 +670,7 @@ class Index:
         for mult in _MULTIPLIERS:
             # One extra candidate and result: the query's own vector, dropped before counting.
             _, found = self._search_rows(queries, k + 1, k * mult + 1)
-            r = recall(found)
+            r = recall(_host(found))
             if r > best[1]:
                 best = (mult, r)
             if r >= target_recall or k * mult + 1 >= n:
@@ -504,14 +688,16 @@ class Index:
     def save(self, path: str | os.PathLike[str], extra_arrays: dict[str, np.ndarray] | None = None) -> None:
         """Saves the index as a folder, atomically (see :mod:`embedcore.persist`).
 
+        A device index writes host copies of its arrays: the folder is the same whatever the device.
+
         Args:
             path: destination folder, created or replaced; its parent must exist.
             extra_arrays: optional named numpy arrays stored and verified alongside (for example a
                 document store); :meth:`load` returns them in :attr:`extra_arrays`.
         """
-        arrays = {"ids": self._ids.view(), "codes": self._codes.view()}
+        arrays = {"ids": _host(self._ids.view()), "codes": _host(self._codes.view())}
         if self._extra is not None:
-            arrays["rescore_vectors"] = self._extra.view()
+            arrays["rescore_vectors"] = _host(self._extra.view())
         if self._ranges is not None:
             arrays["ranges"] = self._ranges
         for name, array in (extra_arrays or {}).items():
@@ -531,13 +717,17 @@ class Index:
         persist.save_folder(path, FORMAT, arrays, meta, FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> Index:
+    def load(
+        cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool = True, device: Any = None
+    ) -> Index:
         """Loads a saved index after verifying its manifest and checksums.
 
         Args:
             path: a folder written by :meth:`save`.
-            mmap: memory-map the arrays read-only (added vectors go to memory).
+            mmap: memory-map the arrays read-only (added vectors go to memory); host indexes only.
             verify: check the SHA-256 of every file.
+            device: None for a host (numpy) index, or a torch device the arrays are copied to
+                (see :meth:`to`).
 
         Raises:
             FileNotFoundError: a missing folder or file.
@@ -583,7 +773,7 @@ class Index:
         idx._next_id = int(next_id)
         idx.metadata = dict(meta.get("user") or {})
         idx.extra_arrays = {name: a for name, a in arrays.items() if name not in _RESERVED}
-        return idx
+        return idx if device is None else idx.to(device)
 
 
 def semantic_search(

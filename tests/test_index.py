@@ -331,3 +331,130 @@ def test_bad_input_is_rejected_with_the_argument_named(rng):
         idx.add(x, ids=np.arange(100, 105))
     with pytest.raises(ValueError, match="score_function"):
         ec.semantic_search(x, x, score_function="l1")
+
+
+def _host_and_device(precision, rescore, metric, x, device):
+    """The same vectors in a host index and a device index (added in two parts, ids given)."""
+    host = Index(DIM, precision, metric, rescore, rescore_multiplier=3)
+    dev = Index(DIM, precision, metric, rescore, rescore_multiplier=3, device=device)
+    ids = np.arange(1000, 1000 + len(x))
+    host.add(x[:50], ids=ids[:50])
+    host.add(x[50:], ids=ids[50:])
+    t = torch.from_numpy(x).to(device)
+    dev.add(t[:50], ids=torch.from_numpy(ids[:50]))
+    dev.add(t[50:], ids=ids[50:])
+    return host, dev
+
+
+def _assert_same_results(host_result, device_result, device):
+    for h, d in zip(host_result, device_result):
+        assert isinstance(d, torch.Tensor) and d.device.type == torch.device(device).type
+        np.testing.assert_array_equal(d.cpu().numpy(), h)
+
+
+@pytest.mark.parametrize("metric", ["cos", "dot", "l2"])
+@pytest.mark.parametrize(("precision", "rescore"), CONFIGS)
+def test_device_index_on_cpu_tensors_equals_host_index(precision, rescore, metric, rng, tmp_path):
+    # device="cpu" runs the whole device code path (torch storage, ec.quantize and ec.search on
+    # tensors, rescoring on tensors) and must give exactly the host index's results.
+    x = rng.standard_normal((130, DIM)).astype(np.float32)
+    q = rng.standard_normal((5, DIM)).astype(np.float32)
+    host, dev = _host_and_device(precision, rescore, metric, x, "cpu")
+    assert isinstance(dev._codes.view(), torch.Tensor) and isinstance(dev.ids, torch.Tensor)
+    np.testing.assert_array_equal(dev._codes.view().numpy(), host._codes.view())
+    if host.ranges is not None:
+        np.testing.assert_array_equal(dev.ranges, host.ranges)
+    assert dev.nbytes == host.nbytes
+    _assert_same_results(host.search(q, 7), dev.search(torch.from_numpy(q), 7), "cpu")
+    kw = {"rescore_multiplier": 5}
+    _assert_same_results(host.search(q, 4, **kw), dev.search(q, 4, **kw), "cpu")
+    if precision == "binary" and rescore is None:
+        bits = np.packbits(q > 0, axis=1)
+        _assert_same_results(host.search(bits, 6), dev.search(torch.from_numpy(bits), 6), "cpu")
+    if precision == "int8" and rescore is None:
+        codes = ec.quantize(q, "int8", ranges=host.ranges)
+        _assert_same_results(host.search(codes, 6), dev.search(codes, 6), "cpu")
+    assert host.remove([1003, 1100]) == dev.remove(torch.tensor([1003, 1100])) == 2
+    np.testing.assert_array_equal(dev.ids.numpy(), host.ids)
+    _assert_same_results(host.search(q, 7), dev.search(q, 7), "cpu")
+    # save() writes host copies in the same format; load(device=...) moves them back.
+    dev.save(tmp_path / "dev")
+    host.save(tmp_path / "host")
+    for name in ("ids", "codes", "rescore_vectors", "ranges"):
+        if (tmp_path / "host" / f"{name}.npy").exists():
+            np.testing.assert_array_equal(np.load(tmp_path / "dev" / f"{name}.npy"),
+                                          np.load(tmp_path / "host" / f"{name}.npy"))
+    loaded = Index.load(tmp_path / "dev", device="cpu")
+    assert loaded.device == torch.device("cpu") and repr(loaded) == repr(host)
+    _assert_same_results(host.search(q, 7), loaded.search(q, 7), "cpu")
+    back = Index.load(tmp_path / "dev").to("cpu").to(None)
+    assert back.device is None and isinstance(back.ids, np.ndarray)
+    for h, b in zip(host.search(q, 7), back.search(q, 7)):
+        np.testing.assert_array_equal(b, h)
+    if rescore is not None:
+        assert host.tune_rescore_multiplier(0.5, k=3, sample_size=40) == dev.tune_rescore_multiplier(
+            0.5, k=3, sample_size=40
+        )
+
+
+def test_device_index_checks_input_like_the_host_index(rng):
+    idx = Index(DIM, "binary", "cos", rescore="int8", device="cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        idx.add(torch.full((3, DIM), float("nan")))
+    with pytest.raises(ValueError, match="zero vector"):
+        idx.add(torch.zeros((3, DIM)))
+    with pytest.raises(TypeError, match="floats"):
+        idx.add(torch.ones((3, DIM), dtype=torch.int32))
+    with pytest.raises(ValueError, match="dim"):
+        idx.add(torch.ones((3, DIM + 1)))
+    assert len(idx) == 0
+    idx.add(torch.from_numpy(rng.standard_normal((20, DIM)).astype(np.float32)))
+    with pytest.raises(ValueError, match="already in the index"):
+        idx.add(torch.ones((1, DIM)), ids=[3])
+    with pytest.raises(ValueError, match="NaN"):
+        idx.search(torch.full((1, DIM), float("inf")), 3)
+    with pytest.raises(TypeError, match="float queries"):
+        idx.search(torch.zeros((1, DIM), dtype=torch.int8), 3)
+    with pytest.raises(KeyError):
+        idx.remove([99])
+
+
+def test_dequantised_rescoring_cache_limit_gives_the_same_results(rng, monkeypatch):
+    import embedcore.index as index_module
+
+    x = rng.standard_normal((200, DIM)).astype(np.float32)
+    q = rng.standard_normal((6, DIM)).astype(np.float32)
+    cached = Index(DIM, "binary", "cos", rescore="int8")
+    cached.add(x)
+    expected = cached.search(q, 5)
+    assert cached._deq is not None
+    monkeypatch.setattr(index_module, "DEQUANT_CACHE_BYTES", 0)
+    uncached = Index(DIM, "binary", "cos", rescore="int8")
+    uncached.add(x)
+    got = uncached.search(q, 5)
+    assert uncached._deq is None
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+    # An add after a search drops the cache: the new vectors are rescored too.
+    cached.add(q, ids=np.arange(500, 506))
+    assert (cached.search(q, 1)[1][:, 0] == np.arange(500, 506)).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("precision", "rescore"), CONFIGS)
+def test_cuda_index_matches_host_index(precision, rescore, rng, tmp_path):
+    # Never run on the development machine (no GPU). Scores of float formats come from cuBLAS, so
+    # they may differ from the CPU's in the last bits: compare with a tolerance, ids where exact.
+    x = rng.standard_normal((3000, DIM)).astype(np.float32)
+    q = rng.standard_normal((9, DIM)).astype(np.float32)
+    host, dev = _host_and_device(precision, rescore, "cos", x, "cuda")
+    assert dev._codes.view().is_cuda and dev.ids.is_cuda
+    np.testing.assert_array_equal(dev._codes.view().cpu().numpy(), host._codes.view())
+    (hs, hi), (ds, di) = host.search(q, 10), dev.search(torch.from_numpy(q).cuda(), 10)
+    assert ds.is_cuda and di.is_cuda
+    assert_close(ds.cpu().numpy(), hs, atol=1e-5, name="scores")
+    if precision == "binary" and rescore is None:
+        np.testing.assert_array_equal(di.cpu().numpy(), hi)
+    dev.save(tmp_path / "dev")
+    loaded = Index.load(tmp_path / "dev", device="cuda")
+    np.testing.assert_array_equal(loaded.search(q, 10)[1].cpu().numpy(), di.cpu().numpy())
