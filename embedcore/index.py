@@ -49,6 +49,8 @@ import numpy as np
 
 from embedcore import persist
 from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
+from embedcore.ops.quantize import dequantize, quantization_ranges, quantize
+from embedcore.ops.search import search
 
 Precision = Literal["float32", "float16", "int8", "binary"]
 Metric = Literal["cos", "dot", "l2"]
@@ -87,8 +89,8 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _normalize(x: np.ndarray, name: str) -> np.ndarray:
-    """Rows of finite-checked float32 ``x`` (n, dim) scaled to unit length, computed in float64 so
-    unit rows come back unchanged.
+    """Rows of float32 ``x`` (n, dim) scaled to unit length, computed in float64 so unit rows come
+    back unchanged.
 
     Raises:
         ValueError: NaN/inf in ``x`` (a row's float64 sum of squares of float32 values is finite
@@ -96,12 +98,15 @@ def _normalize(x: np.ndarray, name: str) -> np.ndarray:
     """
     x64 = x.astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
-    if not np.isfinite(norms).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    if (norms == 0).any():
+    # One comparison per bound in the common case (a single query: Python floats); NaN fails both.
+    n = len(norms)
+    ok = n == 0 or (0 < float(norms[0]) < np.inf if n == 1 else norms.min() > 0 and norms.max() < np.inf)
+    if not ok:
+        if not np.isfinite(norms).all():
+            raise ValueError(f"{name} contains NaN or infinity")
         row = int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
-    return (x64 / norms[:, None]).astype(np.float32)
+    return np.divide(x64, norms[:, None], out=x64).astype(np.float32)
 
 
 class _Rows:
@@ -362,7 +367,8 @@ class Index:
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        arr = cpu_numpy(ids, "ids") if (isinstance(ids, np.ndarray) or is_tensor(ids)) else np.asarray(ids)
+        # Tensors on any device (a device index's own ids, say): the bookkeeping runs on the host.
+        arr = _host(ids) if (isinstance(ids, np.ndarray) or is_tensor(ids)) else np.asarray(ids)
         if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
         if arr.shape != (n,):
@@ -392,8 +398,6 @@ class Index:
             ValueError: wrong shape or dim, NaN/inf, zero vectors under cos, duplicate ids, or a
                 first int8 add of a single row without ``ranges``.
         """
-        from embedcore.ops.quantize import quantization_ranges, quantize
-
         x = self._float_rows(embeddings, "embeddings")
         new_ids = self._new_ids(ids, len(x))
         if len(x) == 0:
@@ -443,7 +447,7 @@ class Index:
         Raises:
             KeyError: an id that is not in the index.
         """
-        arr = np.asarray(cpu_numpy(ids, "ids") if is_tensor(ids) else ids).reshape(-1)
+        arr = np.asarray(_host(ids)).reshape(-1)
         if arr.size and arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64)
@@ -464,7 +468,6 @@ class Index:
 
     def _scan(self, q: Any, k: int) -> tuple[Any, Any]:
         """Top-k rows of the scanned format for float queries ``q`` (already normalised for cos)."""
-        from embedcore.ops.quantize import quantize
         from embedcore.ops.search import search
 
         codes = self._codes.view()
@@ -478,8 +481,6 @@ class Index:
     def _dequantised(self) -> Any:
         """All int8 rescoring vectors dequantised, float32 (n, dim), cached until the next add or
         removal; None when that would take more than :data:`DEQUANT_CACHE_BYTES`."""
-        from embedcore.ops.quantize import dequantize
-
         if self._deq is None:
             codes = self._extra.view()
             if len(codes) * self.dim * 4 > DEQUANT_CACHE_BYTES:
@@ -495,8 +496,6 @@ class Index:
         Args:
             rows: (m,) int64 storage rows, numpy (a tensor on the device of a device index), or None.
         """
-        from embedcore.ops.quantize import dequantize
-
         if self.rescore == "float32":
             vectors = self._extra.view()
             return vectors if rows is None else vectors[rows]
@@ -512,8 +511,6 @@ class Index:
         Each query's candidates are scored by :func:`embedcore.search` over just those rows' float32
         vectors: the stored float vectors, or the dequantised int8 codes.
         """
-        from embedcore.ops.search import search
-
         metric = "dot" if self.metric == "cos" else self.metric
         # Ascending rows: search's tie rule (lower position first) then means lower storage row first.
         if self.device is None:
@@ -565,8 +562,6 @@ class Index:
             ValueError: an empty index, k out of range, wrong query shape or dim, NaN/inf.
             TypeError: a query dtype the index cannot score.
         """
-        from embedcore.ops.search import search
-
         check_array(queries, "queries")
         n = len(self)
         if n == 0:
@@ -638,8 +633,6 @@ class Index:
             ValueError: no rescoring configured, too few vectors, or no multiplier up to 100 reaches
                 the target (the best one found is named).
         """
-        from embedcore.ops.search import search
-
         if self.rescore is None:
             raise ValueError("this index has rescore=None: there is no rescore multiplier to tune")
         if not (isinstance(target_recall, (int, float)) and 0 < target_recall <= 1):
