@@ -323,7 +323,10 @@ class Index:
         arr = x if isinstance(x, np.ndarray) and x.dtype == np.float32 else cpu_numpy(x, name)
         if arr.dtype.kind != "f":
             raise TypeError(f"{name} must hold floats (float16/bfloat16/float32/float64), got {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.dtype != np.float32:
+            with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, rejected below
+                arr = arr.astype(np.float32)
+        arr = np.ascontiguousarray(arr)
         if self.metric == "cos":
             return _normalize(arr, name)  # checks NaN/inf on the way
         if not np.isfinite(arr).all():

@@ -458,3 +458,22 @@ def test_cuda_index_matches_host_index(precision, rescore, rng, tmp_path):
     dev.save(tmp_path / "dev")
     loaded = Index.load(tmp_path / "dev", device="cuda")
     np.testing.assert_array_equal(loaded.search(q, 10)[1].cpu().numpy(), di.cpu().numpy())
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_cos_queries_with_nan_inf_or_zero_rows_are_rejected(device, rows, rng):
+    idx = Index(DIM, "float32", "cos", device=device)
+    idx.add(rng.standard_normal((20, DIM)).astype(np.float32))
+    for bad, match in ((np.nan, "NaN"), (np.inf, "NaN or infinity"), (-np.inf, "NaN or infinity")):
+        q = rng.standard_normal((rows, DIM)).astype(np.float32)
+        q[rows - 1, 5] = bad
+        with pytest.raises(ValueError, match=match):
+            idx.search(q, 3)
+    q = rng.standard_normal((rows, DIM)).astype(np.float32)
+    q[rows - 1] = 0
+    with pytest.raises(ValueError, match=f"row {rows - 1} is a zero vector"):
+        idx.search(q, 3)
+    # float64 values beyond float32's range become infinity, and are rejected as such.
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        idx.search(np.full((rows, DIM), 1e300), 3)
