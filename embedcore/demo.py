@@ -182,21 +182,22 @@ def _latencies_ms(
 ) -> list[tuple[float, float] | None]:
     """(median, mean) wall time in milliseconds of each function over single queries, timed
     interleaved: every query runs through all functions before the next query (the order rotating
-    from query to query), so a load spike on a shared machine hits them alike. One warm-up call
-    each; None for a missing function.
+    from query to query), so a load spike on a shared machine hits them alike. Each timed call
+    directly follows an untimed call of the same function on the same query: every function is timed
+    with its own data in cache, as in a loop of searches, not just after another library's scan
+    evicted it. None for a missing function.
 
     Args:
         fns: functions taking a (1, dim) float32 query (None entries are skipped).
         queries: (nq, dim) float32 queries.
     """
     live = [i for i, fn in enumerate(fns) if fn is not None]
-    for i in live:
-        fns[i](queries[:1])
     times: dict[int, list[float]] = {i: [] for i in live}
     for j in range(len(queries)):
         q = queries[j : j + 1]
         shift = j % max(1, len(live))
         for i in live[shift:] + live[:shift]:
+            fns[i](q)
             start = time.perf_counter()
             fns[i](q)
             times[i].append(time.perf_counter() - start)
@@ -378,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
     header = ["method", "bytes/vec", "recall@10", "embedcore ms", "FAISS ms", "numpy ms", "FAISS/embedcore"]
     print(
         f"\nrecall@10 against exact float search; single-query latency in ms, median (mean) over "
-        f"{len(lat_q)} queries, the three timed interleaved on the same queries, each at one thread; "
+        f"{len(lat_q)} queries, the three timed interleaved on the same queries, each at one thread "
+        "and right after an untimed call of its own (warm cache); "
         "FAISS: IndexFlatIP, "
         "IndexScalarQuantizer QT_8bit, IndexBinaryFlat [+ numpy rescoring]; FAISS/embedcore: ratio "
         "of the medians (> 1: embedcore faster)\n"
