@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 #include "tile_grid.h"
@@ -256,7 +257,78 @@ inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_
   for (int b = 0; b < RN; ++b) out[b] = int32_t(acc[b]);
 }
 
+// Hamming for a block of queries over a transposed tile: the corpus words are regrouped so one ymm
+// holds word w of 4 rows, a query word is broadcast and XORed with it, the nibble table (VPSHUFB)
+// counts the bits per byte, byte counts add up over up to 31 words and VPSADBW folds them into one
+// 64-bit count per row lane: no horizontal reduction per pair. Rows and queries are zero-padded to
+// whole words (zero bytes XOR to zero), so every count is exact.
+constexpr int64_t kHamMinQueries = 4;  // fewer queries do not repay the transposition
+
+struct HammingScratch {
+  std::vector<uint64_t> rows, queries;  // (groups, words, 4) and (nq, words)
+};
+
+inline uint64_t padded_word(const uint8_t* p, int64_t nbytes) {
+  uint64_t w = 0;
+  __builtin_memcpy(&w, p, size_t(nbytes < 8 ? nbytes : 8));
+  return w;
+}
+
+// Counts for 1 query x 8 rows (two groups of 4) over nw words; out8 gets the 8 counts.
+inline void micro_hamming_t(const uint64_t* qw, const uint64_t* t0, const uint64_t* t1, int64_t nw,
+                            int32_t* out8) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                       2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  auto count = [&](__m256i x) {
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+  };
+  __m256i acc0 = zero, acc1 = zero;
+  for (int64_t w0 = 0; w0 < nw; w0 += 31) {  // byte counts stay <= 31 * 8 = 248
+    const int64_t w1 = w0 + 31 < nw ? w0 + 31 : nw;
+    __m256i b0 = zero, b1 = zero;
+    for (int64_t w = w0; w < w1; ++w) {
+      const __m256i qv = _mm256_set1_epi64x(int64_t(qw[w]));
+      b0 = _mm256_add_epi8(b0, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t0 + 4 * w)))));
+      b1 = _mm256_add_epi8(b1, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t1 + 4 * w)))));
+    }
+    acc0 = _mm256_add_epi64(acc0, _mm256_sad_epu8(b0, zero));
+    acc1 = _mm256_add_epi64(acc1, _mm256_sad_epu8(b1, zero));
+  }
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out8), _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc0, even)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out8 + 4),
+                   _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc1, even)));
+}
+
+void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  thread_local HammingScratch s;
+  const int64_t nw = (nb + 7) / 8;
+  const int64_t groups = 2 * ((nr + 7) / 8);  // whole pairs of 4-row groups; rows past nr are zero
+  s.rows.assign(size_t(groups * nw * 4), 0);
+  for (int64_t j = 0; j < nr; ++j)
+    for (int64_t w = 0; w < nw; ++w)
+      s.rows[size_t(((j / 4) * nw + w) * 4 + j % 4)] = padded_word(c + j * nb + 8 * w, nb - 8 * w);
+  s.queries.resize(size_t(nq * nw));
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t w = 0; w < nw; ++w) s.queries[size_t(i * nw + w)] = padded_word(q + i * nb + 8 * w, nb - 8 * w);
+  alignas(32) int32_t counts[8];
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t g = 0; g < groups; g += 2) {
+      micro_hamming_t(s.queries.data() + i * nw, s.rows.data() + g * nw * 4, s.rows.data() + (g + 1) * nw * 4, nw,
+                      counts);
+      const int64_t j0 = 4 * g, len = nr - j0 < 8 ? nr - j0 : 8;
+      for (int64_t b = 0; b < len; ++b) out[i * nr + j0 + b] = counts[b];
+    }
+}
+
 void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  if (nq >= kHamMinQueries) {
+    tile_hamming_transposed(q, nq, c, nr, nb, out);
+    return;
+  }
   for (int64_t i = 0; i < nq; ++i) {
     int64_t j = 0;
     for (; j + 4 <= nr; j += 4) micro_hamming<4>(q + i * nb, c + j * nb, nb, out + i * nr + j);

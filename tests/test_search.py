@@ -400,3 +400,17 @@ def test_native_topk_split_rows_agree(rng, threads):
     order = np.argsort(-scores[0], kind="stable")[:50]
     np.testing.assert_array_equal(indices[0], order)
     np.testing.assert_array_equal(values[0], scores[0, order])
+
+
+@pytest.mark.parametrize("nq,n,nbytes", [(4, 1, 1), (5, 67, 5), (33, 130, 48), (6, 75, 249), (4, 40, 600)])
+def test_hamming_query_blocks_every_isa(rng, isa, nq, n, nbytes):
+    # Query blocks take the transposed tiles (AVX2: VPSHUFB counts over 4-row words, flushed every 31
+    # words; AVX-512: VPOPCNTQ): partial words, partial row groups, long codes, ties.
+    q = rng.integers(0, 256, size=(nq, nbytes), dtype=np.uint8)
+    c = rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
+    c[::3] = q[0]
+    c[1::5] = 255
+    scores, indices = ec.search(q, c, k=n, metric="hamming")
+    es, ei = search_reference(q, c, n, "hamming")
+    np.testing.assert_array_equal(scores, es)
+    np.testing.assert_array_equal(indices, ei)
