@@ -139,6 +139,9 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
   const int64_t dfull = d & ~int64_t(7);
   for (int64_t t = 0; t < dfull; t += 8) {
+    if constexpr (QN == 1 && std::is_same_v<CT, float>)  // one query streams rows: fetch the next RN ahead
+      if ((t & 15) == 0)
+        for (int b = 0; b < RN; ++b) _mm_prefetch(reinterpret_cast<const char*>(c + (RN + b) * d + t), _MM_HINT_T0);
     __m256 cv[RN];
     for (int b = 0; b < RN; ++b) cv[b] = load_row(c + b * d + t);
     for (int a = 0; a < QN; ++a) {

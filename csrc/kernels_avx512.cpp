@@ -129,6 +129,8 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   const int64_t dfull = d & ~int64_t(15);
   auto qload = [](const float* p) { return _mm512_loadu_ps(p); };
   for (int64_t t = 0; t < dfull; t += 16) {
+    if constexpr (QN == 1 && std::is_same_v<CT, float>)  // one query streams rows: fetch the next RN ahead
+      for (int b = 0; b < RN; ++b) _mm_prefetch(reinterpret_cast<const char*>(c + (RN + b) * d + t), _MM_HINT_T0);
     if constexpr (std::is_same_v<CT, float>)
       step_f32<QN, RN, L2>(acc, q, c, d, t, qload, qload);
     else
