@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     print(goal_line(summary))
     # The load average says how busy the machine was: other processes make every timing noisier.
     meta = {"machine": machine, "timestamp": timestamp, "quick": bool(args.quick),
-            "files": [f.name for f in files], "pytest_exit_code": rc,
+            "partial": bool(args.only or args.keyword), "files": [f.name for f in files],
+            "pytest_exit_code": rc,
             "duration_s": round(time.perf_counter() - started, 1),
             "commit": _commit(data.get("commit_info") or {}),
             "load_average": {"before": load_before, "after": _load_average()}}
@@ -442,6 +443,9 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
     versions = rows[0]["versions"] if rows else {}
     kind = ("quick suite (`embedcore bench --quick`, small shapes)" if meta["quick"]
             else "full suite (`embedcore bench`)")
+    if meta.get("partial"):
+        shapes = "quick" if meta["quick"] else "full"
+        kind = f"{shapes} shapes, part of the suite only: {', '.join(meta['files'])}"
     parts = [
         f"# embedcore benchmarks: {machine['tag']}",
         "",

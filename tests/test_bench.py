@@ -226,6 +226,7 @@ def test_run_end_to_end_on_a_tiny_suite(tmp_path, capsys):
     assert doc["summary"][0]["baseline"] == "python" and doc["summary"][0]["ratio"] > 1.0
     assert all(r["rounds"] >= 3 and r["p20"] <= r["median"] <= r["p80"] for r in doc["rows"])
     assert doc["duration_s"] > 0 and set(doc["load_average"]) == {"before", "after"}
+    assert "quick shapes, part of the suite only: bench_fake.py" in (out_dir / "results.md").read_text()
 
 
 @functools.cache
