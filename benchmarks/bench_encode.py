@@ -1,7 +1,7 @@
 """End-to-end ``encode`` on the CPU: embedcore's Embedder vs ``SentenceTransformer.encode``.
 
 Same model (the bundled all-MiniLM-L6-v2, fp32, max_seq_length 256 as saved), same texts (2,000 bundled
-Wikipedia summaries, sorted by title; 150 with ``EMBEDCORE_BENCH_QUICK=1``), batch size 32, the same
+Wikipedia summaries, sorted by title; 100 with ``EMBEDCORE_BENCH_QUICK=1``), batch size 32, the same
 torch thread count, one process. The metric is seconds per ``encode`` of the whole list (docs/s = texts
 / time).
 
@@ -33,7 +33,7 @@ from embedcore.corpus import demo_model_path, load_wiki_summaries
 from embedcore.models.embedder import Embedder
 
 QUICK = os.environ.get("EMBEDCORE_BENCH_QUICK", "").strip() not in ("", "0")
-N_TEXTS = 150 if QUICK else 2000
+N_TEXTS = 100 if QUICK else 2000
 BATCH = 32
 ROUNDS = 2 if QUICK else 3
 SHAPE = f"{N_TEXTS} wiki summaries, batch {BATCH}"

@@ -209,7 +209,7 @@ def test_prompt_precedence(st, emb, texts):
 def test_order_is_restored_and_batch_size_does_not_matter(emb, texts):
     base = emb.encode(texts, batch_size=32)
     assert_close(emb.encode(texts[::-1], batch_size=5)[::-1], base, atol=ATOL)
-    assert_close(emb.encode(texts, batch_size=1), base, atol=ATOL)
+    assert_close(emb.encode(texts[:8], batch_size=1), base[:8], atol=ATOL)
 
 
 def test_batch_invariance(emb):
@@ -475,8 +475,8 @@ def test_multi_process_pool_matches_single_process(tmp_path):
     emb = Embedder.from_pretrained(tiny_decoder(tmp_path, "llama"), device="cpu")
     sample = wiki_texts(10)
     single = emb.encode(sample)
-    assert_close(emb.encode(sample, device=["cpu", "cpu"], chunk_size=3), single, atol=ATOL)
-    pool = emb.start_multi_process_pool(["cpu"])
+    assert_close(emb.encode(sample, device=["cpu"]), single, atol=ATOL)  # a temporary one-worker pool
+    pool = emb.start_multi_process_pool(["cpu", "cpu"])
     try:
         # int8 ranges span all chunks, as in one process
         codes = emb.encode(sample, pool=pool, chunk_size=4, precision="int8")
