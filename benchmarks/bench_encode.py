@@ -35,7 +35,7 @@ from embedcore.models.embedder import Embedder
 QUICK = os.environ.get("EMBEDCORE_BENCH_QUICK", "").strip() not in ("", "0")
 N_TEXTS = 100 if QUICK else 2000
 BATCH = 32
-ROUNDS = 2 if QUICK else 3
+ROUNDS = 2  # each embedcore round also runs sentence-transformers once (paired): ~7 min at full size
 SHAPE = f"{N_TEXTS} wiki summaries, batch {BATCH}"
 
 TEXTS = [r["extract"] for r in load_wiki_summaries(N_TEXTS)]
