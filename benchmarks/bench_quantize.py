@@ -97,3 +97,25 @@ def test_quantize_cuda(benchmark, provider, n, dim):
                                 metric="time per call")
     # GPU calls take milliseconds: more rounds for stable medians.
     benchmark.pedantic(embedcore if provider == "embedcore" else eager, rounds=4 * ROUNDS, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("provider", ["embedcore", "numpy"])
+@pytest.mark.parametrize("precision", ["ubinary", "int8"])
+def test_quantize_one_row(benchmark, provider, precision):
+    # One query per call (the search loop): per-call overhead against the bare numpy expression.
+    x, ranges = _embeddings(1_000, 384)
+    q = x[:1].copy()
+    if provider == "embedcore":
+        fn = (lambda: ec.quantize(q, "ubinary")) if precision == "ubinary" else (
+            lambda: ec.quantize(q, "int8", ranges=ranges))
+    elif precision == "ubinary":
+        fn = lambda: np.packbits(q > 0, axis=-1)
+    else:
+        fn = lambda: quantize_embeddings(q, "int8", ranges=ranges)
+    np.testing.assert_array_equal(fn(), quantize_embeddings(q, precision, ranges=ranges))
+    benchmark.group = f"quantize: {precision} 1x384 (CPU)"
+    benchmark.extra_info.update(op="quantize", provider=provider, shape="1x384", dtype="float32",
+                                metric="time per call")
+    if provider == "embedcore":
+        benchmark.extra_info["goal"] = 1.0
+    benchmark.pedantic(fn, rounds=200, iterations=10, warmup_rounds=5)

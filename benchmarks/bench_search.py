@@ -198,3 +198,53 @@ def test_search(benchmark, fmt, provider, nq):
     benchmark.pedantic(call, rounds=3 if QUICK else 5, warmup_rounds=1)
     if provider == "embedcore" and fmt == "float32" and nq == 1:
         benchmark.extra_info["read_GBps"] = d["corpus"].nbytes / benchmark.stats.stats.median / 1e9
+
+
+# Single-query latency on a small corpus (the demo's 10k index): per-call overheads matter as much
+# as the scan. Goal (issue 5 follow-up): embedcore below FAISS for the same format, 1 thread each.
+SMALL_N = 10_000
+LATENCY = [(fmt, provider) for fmt in ("float32", "int8", "binary") for provider in ("embedcore", "faiss")]
+
+
+@pytest.mark.parametrize("fmt,provider", LATENCY, ids=[f"{f}-{p}" for f, p in LATENCY])
+def test_single_query_latency(benchmark, fmt, provider):
+    faiss = _faiss()
+    faiss.omp_set_num_threads(1)
+    d = _data()
+    c = d["corpus"][:SMALL_N]
+    ranges = np.stack([c.min(0), c.max(0)])
+    codes = ec.quantize(c, "int8", ranges=ranges)
+    q, bits, qbits = d["queries"][:1], d["bits"][:SMALL_N], d["qbits"][:1]
+    if provider == "embedcore":
+        call = {"float32": lambda: ec.search(q, c, K, "dot")[1],
+                "int8": lambda: ec.search(q, codes, K, "dot", ranges=ranges)[1],
+                "binary": lambda: ec.search(qbits, bits, K, "hamming")[1]}[fmt]
+    else:
+        if fmt == "float32":
+            index = faiss.IndexFlatIP(DIM)
+            index.add(c)
+        elif fmt == "int8":
+            index = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            index.train(c)
+            index.add(c)
+        else:
+            index = faiss.IndexBinaryFlat(DIM)
+            index.add(bits)
+        x = qbits if fmt == "binary" else q
+        call = lambda: index.search(x, K)[1]
+    previous = os.environ.get("EMBEDCORE_NUM_THREADS")
+    os.environ["EMBEDCORE_NUM_THREADS"] = "1"
+    try:
+        call()
+        benchmark.group = f"search latency: {fmt} {SMALL_N}x{DIM} nq=1 k={K} (1 thread)"
+        benchmark.extra_info.update(op="search", provider=provider, shape=f"{SMALL_N}x{DIM} nq=1 k={K}",
+                                    dtype=fmt, metric="hamming" if fmt == "binary" else "dot", threads=1)
+        if provider == "embedcore":
+            benchmark.extra_info["goal"] = 1.0
+        benchmark.pedantic(call, rounds=200, iterations=5, warmup_rounds=5)
+    finally:
+        faiss.omp_set_num_threads(THREADS)
+        if previous is None:
+            os.environ.pop("EMBEDCORE_NUM_THREADS")
+        else:
+            os.environ["EMBEDCORE_NUM_THREADS"] = previous

@@ -213,3 +213,18 @@ def test_numpy_fast_path_matches_general_path(rng, precision, dtype, shape):
     if precision in ST_PRECISIONS:
         st = quantize_embeddings(x if x.ndim == 2 else x[None], precision, ranges=ranges)
         np.testing.assert_array_equal(got.reshape(st.shape), st)
+
+
+def test_numpy_ranges_cache_follows_the_ranges(rng):
+    # The numpy fast path reuses the buckets of the last ranges: changed, bad or mismatched ranges miss.
+    x = _data(rng, 6, 10)
+    ranges = ec.quantization_ranges(x)
+    for r in (ranges, ranges * 2, ranges.astype(np.float64), ranges):
+        expected = quantize_embeddings(x, "int8", ranges=r)
+        np.testing.assert_array_equal(ec.quantize(x, "int8", ranges=r), expected)
+    with pytest.raises(ValueError, match=r"ranges must have shape \(2, 9\)"):
+        ec.quantize(x[:, :9], "int8", ranges=ranges)
+    bad = ranges.copy()
+    bad[1, 4] = np.inf
+    with pytest.raises(ValueError, match="ranges contains NaN"):
+        ec.quantize(x, "uint8", ranges=bad)

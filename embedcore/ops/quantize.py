@@ -132,19 +132,32 @@ def _check_ranges_numpy(ranges: Any, dim: int) -> np.ndarray:
     return r
 
 
+_NUMPY_FLOAT_CHARS = ("e", "f", "d")  # float16, float32, float64
+# The last numpy ranges checked and their (starts, steps): a search loop quantises query after query
+# with the same ranges. Keyed by dtype, shape and bytes; one slot replaced in one store.
+_BUCKETS_CACHE: list[Any] = [(None, None)]
+
+
 def _quantize_numpy_fast(x: np.ndarray, precision: str, ranges: Any) -> np.ndarray | None:
     """The codes of a float numpy ``x`` (1-D or 2-D, non-empty) without the torch round trip, or None
     when the general path must run (a list, other dtypes, ranges to derive, ...). Small calls (one
     query) are dominated by that round trip; the arithmetic is :func:`_quantize_numpy`'s, so the
     codes are bit-identical."""
-    if x.dtype not in (np.float32, np.float64, np.float16) or x.ndim not in (1, 2) or x.size == 0:
+    if x.dtype.char not in _NUMPY_FLOAT_CHARS or x.ndim not in (1, 2) or x.size == 0:
         return None
     if precision in BINARY_PRECISIONS:
         return _quantize_numpy(x, precision, None, None, "embeddings")
     if (precision in SCALAR_PRECISIONS and isinstance(ranges, np.ndarray)
-            and ranges.dtype in (np.float32, np.float64, np.float16)):
-        starts, steps = bucket_params_numpy(_check_ranges_numpy(ranges, int(x.shape[-1])))
-        if x.dtype == np.float16:  # the general path computes float16 input in float32
+            and ranges.dtype.char in _NUMPY_FLOAT_CHARS):
+        key = (ranges.dtype.str, ranges.shape, ranges.tobytes())
+        cached_key, buckets = _BUCKETS_CACHE[0]
+        if cached_key != key:
+            buckets = bucket_params_numpy(_check_ranges_numpy(ranges, int(x.shape[-1])))
+            _BUCKETS_CACHE[0] = (key, buckets)
+        elif ranges.shape[1] != x.shape[-1]:  # cached ranges were checked for another dim
+            _check_ranges_numpy(ranges, int(x.shape[-1]))
+        starts, steps = buckets
+        if x.dtype.char == "e":  # the general path computes float16 input in float32
             x = x.astype(np.float32)
         return _quantize_numpy(x, precision, starts, steps, "embeddings")
     return None
