@@ -167,6 +167,25 @@ def test_layout_follows_in_place_mask_changes():
     assert not torch.allclose(before[1, :4], edited[1, :4])
 
 
+def test_inference_mode_masks_and_their_in_place_changes():
+    """Masks made under torch.inference_mode have no version counter: the layout cache must still work
+    (no RuntimeError) and still see an in-place edit between two forwards."""
+    model = build("qwen2")
+    ids, mask, pos = batch([7, 5], "right")
+    with ec.bidirectional(model):
+        reference = last_hidden(model, ids, mask.bool(), pos)
+        with torch.inference_mode():
+            mask_inf = mask.bool().clone()
+            assert mask_inf.is_inference()
+            first = model(input_ids=ids, attention_mask=mask_inf, position_ids=pos).last_hidden_state
+            mask_inf[1, 3:] = False
+            edited = model(input_ids=ids, attention_mask=mask_inf, position_ids=pos).last_hidden_state
+            fresh = model(input_ids=ids, attention_mask=mask_inf.clone(), position_ids=pos).last_hidden_state
+    assert_close(first[:, :5], reference[:, :5], atol=1e-5, name="inference-mode forward")
+    assert torch.equal(edited, fresh)
+    assert not torch.allclose(first[1, :3], edited[1, :3])
+
+
 @pytest.mark.parametrize("source", ["position_ids", "cu_seq_lens"])
 def test_packed_batch_equals_texts_alone(source):
     """B=1 packed input (no padding anywhere in the model): boundaries from restarting position ids

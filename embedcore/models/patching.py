@@ -212,8 +212,11 @@ def _layout(
     if key is None:
         return None, torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device), seqlen
 
-    for ref, version, layout in _LAYOUT_CACHE:
-        if ref() is key and version == key._version:
+    # Inference tensors (made under torch.inference_mode) keep no version counter: for them a cached
+    # copy of the values stands in for it (a small compare, not a recomputation of the layout).
+    version: Any = key.detach().clone() if key.is_inference() else key._version
+    for ref, cached_version, layout in _LAYOUT_CACHE:
+        if ref() is key and _same_version(cached_version, version):
             return layout
     if key is attention_mask:
         _, indices, cu, max_len = unpad_input(torch.empty(batch, seqlen, 0, device=device), attention_mask)
@@ -224,8 +227,16 @@ def _layout(
         edge = torch.tensor([0], dtype=torch.int32, device=device)
         cu = torch.cat([edge, starts, edge + seqlen])
         layout = (None, cu, int(cu.diff().max()))
-    _LAYOUT_CACHE[:] = [(weakref.ref(key), key._version, layout), *_LAYOUT_CACHE[:3]]
+    _LAYOUT_CACHE[:] = [(weakref.ref(key), version, layout), *_LAYOUT_CACHE[:3]]
     return layout
+
+
+def _same_version(cached: Any, current: Any) -> bool:
+    """Version counters compare as ints; inference tensors' value snapshots by content."""
+    if isinstance(cached, torch.Tensor) or isinstance(current, torch.Tensor):
+        return (isinstance(cached, torch.Tensor) and isinstance(current, torch.Tensor)
+                and cached.shape == current.shape and bool(torch.equal(cached, current)))
+    return cached == current
 
 
 def _fallback(module, query, key, value, attention_mask, scaling, dropout, sliding_window, softcap,
