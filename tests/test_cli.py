@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from corpus import load_summaries
 
 from embedcore import cli
 from embedcore.index import Index
+
+from corpus import load_summaries
 
 N_DOCS = 12
 
