@@ -71,8 +71,9 @@ def test_topk_infinities_are_ranked(rng):
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_topk_thread_count_does_not_change_results(rng, monkeypatch, threads):
-    # 1 row x many columns takes the split-row path; ties straddle the thread chunks.
-    scores = rng.integers(0, 3, size=(1, 20000)).astype(np.float32)
+    # 1 row x many columns takes the split-row path (rows under 2^18 scores per thread stay on one
+    # thread); ties straddle the thread chunks.
+    scores = rng.integers(0, 3, size=(1, 800_000)).astype(np.float32)
     monkeypatch.setenv("EMBEDCORE_NUM_THREADS", threads)
     values, indices = ec.topk(scores, 50)
     ev, ei = _expected(scores, 50, True)
@@ -124,8 +125,10 @@ def test_topk_bad_input(scores, k, error, match):
         ec.topk(scores, k)
 
 
-def test_topk_nan_in_split_row_path():
-    scores = np.zeros((1, 50000), np.float32)
-    scores[0, 31234] = np.nan
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_topk_nan_in_split_row_path(monkeypatch, threads):
+    monkeypatch.setenv("EMBEDCORE_NUM_THREADS", threads)
+    scores = np.zeros((1, 800_000), np.float32)
+    scores[0, 731_234] = np.nan  # in the second thread's chunk
     with pytest.raises(ValueError, match="NaN"):
         ec.topk(scores, 3)
