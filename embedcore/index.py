@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedcore import persist
+from embedcore import _backend, persist
 from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
 from embedcore.ops.quantize import dequantize, quantization_ranges, quantize
 from embedcore.ops.search import search
@@ -536,6 +536,50 @@ class Index:
             scores[i], rows[i] = s[0], cand[pos[0]]
         return scores, rows
 
+    def _search_one_binary(self, query: np.ndarray, k: int, n_candidates: int) -> tuple[Any, Any]:
+        """:meth:`_search_rows` of one float32 numpy query on a host binary index, with less per-call
+        work: the same values and order (the same native kernels on the same arrays).
+
+        The query gets :meth:`_float_rows`' checks and normalisation; its sign bits are
+        ``np.packbits(q > 0)`` (what ``quantize(q, "ubinary")`` computes for numpy input), scanned
+        with ``_C.search_hamming`` over the codes; rescoring runs ``_C.search_float`` over the
+        candidates' float32 vectors in ascending storage-row order, as :meth:`_rescore` does through
+        :func:`embedcore.search`. Falls back to the general path without ``embedcore._C`` or with
+        ``EMBEDCORE_BACKEND=torch``.
+
+        Args:
+            query: (1, dim) float32 numpy array (dim not yet checked).
+            k: results, already checked against len(self).
+            n_candidates: candidates taken from the scan when rescoring.
+        """
+        native = _backend.native()
+        # An unset or empty EMBEDCORE_BACKEND means "auto": no need to parse it.
+        if native is None or (os.environ.get("EMBEDCORE_BACKEND") and _backend.force_reference()):
+            return self._search_rows(self._float_rows(query, "queries"), k, n_candidates)
+        q = None
+        if self.metric == "cos" and query.shape[1] == self.dim:
+            # _normalize's arithmetic for one row (same values); a bad row goes to _float_rows for its error.
+            x64 = query.astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+            if 0 < float(norms[0]) < np.inf:
+                q = np.divide(x64, norms[:, None], out=x64).astype(np.float32)
+        if q is None:
+            q = self._float_rows(query, "queries")
+        threads = _backend.num_threads()
+        bits = np.packbits(q > 0, axis=-1)
+        if self.rescore is None:
+            return native.search_hamming(bits, self._codes.view(), k, threads)
+        codes = self._codes.view()
+        _, candidates = native.search_hamming(bits, codes, min(n_candidates, len(codes)), threads)
+        # Ascending rows: the tie rule (lower position first) then means lower storage row first.
+        cand = candidates[0]
+        cand.sort()  # in place: the array is this call's own
+        deq = self._deq
+        vectors = np.take(deq, cand, axis=0) if deq is not None else self._rescore_vectors(cand)
+        metric = "dot" if self.metric == "cos" else self.metric
+        scores, pos = native.search_float(q, vectors, "f32", metric, k, threads, None, None)
+        return scores, cand[pos]
+
     def _search_rows(self, queries: Any, k: int, n_candidates: int) -> tuple[Any, Any]:
         """(scores, storage rows) for prepared float queries, taking ``n_candidates`` when rescoring."""
         if self.rescore is None:
@@ -601,6 +645,14 @@ class Index:
             else:
                 codes_q = self._store(queries)
             scores, rows = search(codes_q, self._codes.view(), k, "hamming" if packed else self.metric)
+        elif (
+            type(queries) is np.ndarray
+            and queries.shape[0] == 1
+            and queries.dtype == np.float32
+            and self.device is None
+            and self.precision == "binary"
+        ):
+            scores, rows = self._search_one_binary(queries, k, k * mult)
         else:
             scores, rows = self._search_rows(self._float_rows(queries, "queries"), k, k * mult)
         if self.device is not None or isinstance(queries, np.ndarray):

@@ -477,3 +477,74 @@ def test_cos_queries_with_nan_inf_or_zero_rows_are_rejected(device, rows, rng):
     # float64 values beyond float32's range become infinity, and are rejected as such.
     with pytest.raises(ValueError, match="NaN or infinity"):
         idx.search(np.full((rows, DIM), 1e300), 3)
+
+
+@pytest.mark.parametrize("metric", ["cos", "dot", "l2"])
+@pytest.mark.parametrize("rescore", [None, "int8", "float32"])
+def test_single_query_fast_path_equals_general_path(rescore, metric, rng, tmp_path, monkeypatch):
+    # A one-row float32 numpy query on a host binary index takes Index._search_one_binary; the
+    # general path (_float_rows + _search_rows, through ec.search) must give identical scores and ids.
+    # Heavy ties: few distinct vectors (small integers), each stored many times, so Hamming distances
+    # and rescoring scores tie across copies.
+    base = rng.integers(-2, 3, (6, DIM)).astype(np.float32)
+    base[base == 0] = 1  # no zero rows under cos
+    x = base[rng.integers(0, 6, 150)]
+    queries = np.concatenate([base, rng.integers(-2, 3, (8, DIM)).astype(np.float32) + 0.5])
+    idx = Index(DIM, "binary", metric, rescore, rescore_multiplier=3)
+    idx.add(x, ids=rng.permutation(np.arange(1000, 1150)))
+    idx.remove(idx.ids[::7])
+    idx.save(tmp_path / "idx")
+    loaded = Index.load(tmp_path / "idx")  # memory-mapped, read-only arrays
+
+    def general(index, q, k, mult):
+        scores, rows = index._search_rows(index._float_rows(q, "queries"), k, k * mult)
+        return scores, index.ids[rows]
+
+    calls = []
+    original = Index._search_one_binary
+    monkeypatch.setattr(Index, "_search_one_binary", lambda self, *a: calls.append(1) or original(self, *a))
+    n = len(idx)
+    for index in (idx, loaded):
+        for q in queries:
+            for k, mult in ((1, 1), (10, 3), (n // 3 + 1, 3), (n, 1)):
+                got = index.search(q[None], k, rescore_multiplier=mult)
+                want = general(index, q[None], k, mult)
+                assert got[0].dtype == want[0].dtype
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+                # ... and the row of a batched search (general path) is the same.
+                batch = index.search(queries[:2] if q is queries[0] else np.stack([queries[0], q]), k,
+                                     rescore_multiplier=mult)
+                np.testing.assert_array_equal(batch[0][-1], got[0][0])
+                np.testing.assert_array_equal(batch[1][-1], got[1][0])
+    assert calls  # the fast path ran
+    # Storage order breaks ties on the fast path too.
+    scores, ids = idx.search(base[:1], n)
+    order = {int(i): r for r, i in enumerate(idx.ids)}
+    for a in range(n - 1):
+        if scores[0, a] == scores[0, a + 1]:
+            assert order[int(ids[0, a])] < order[int(ids[0, a + 1])]
+    # EMBEDCORE_BACKEND=torch: the fast path falls back to the general path (the reference).
+    monkeypatch.setenv("EMBEDCORE_BACKEND", "torch")
+    for e, g in zip(general(idx, queries[:1], 10, 3), idx.search(queries[:1], 10)):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_single_query_fast_path_checks_input(rng):
+    idx = Index(DIM, "binary", "cos", rescore="int8")
+    idx.add(rng.standard_normal((30, DIM)).astype(np.float32))
+    for bad, match in ((np.nan, "NaN"), (np.inf, "NaN or infinity")):
+        q = rng.standard_normal((1, DIM)).astype(np.float32)
+        q[0, 3] = bad
+        with pytest.raises(ValueError, match=match):
+            idx.search(q, 3)
+    with pytest.raises(ValueError, match="row 0 is a zero vector"):
+        idx.search(np.zeros((1, DIM), np.float32), 3)
+    with pytest.raises(ValueError, match=f"has dim {DIM + 1}, the index has dim {DIM}"):
+        idx.search(np.ones((1, DIM + 1), np.float32), 3)
+    with pytest.raises(ValueError, match="k must be"):
+        idx.search(np.ones((1, DIM), np.float32), 31)
+    # A non-contiguous row gives the values of its contiguous copy.
+    wide = rng.standard_normal((1, 2 * DIM)).astype(np.float32)
+    for e, g in zip(idx.search(np.ascontiguousarray(wide[:, ::2]), 5), idx.search(wide[:, ::2], 5)):
+        np.testing.assert_array_equal(g, e)
