@@ -58,6 +58,22 @@ def test_ratio_is_best_baseline_over_embedcore_and_goal_is_judged():
     assert bench.goal_line(bench.summarize(rows)) == "goals met: 1/2 (missed: search f32 1q float32)"
 
 
+def test_goal_against_a_named_baseline_adds_a_line():
+    rows = _rows(
+        _bench("search: f32 1q", "embedcore", 2e-3, goal=1.3, goal_vs="faiss"),
+        _bench("search: f32 1q", "faiss", 3e-3),
+        _bench("search: f32 1q", "numpy", 2.1e-3),
+    )
+    fastest, named = bench.summarize(rows)
+    assert (fastest["baseline"], fastest["goal"], fastest["met"]) == ("numpy", None, None)
+    assert fastest["ratio"] == pytest.approx(1.05)
+    assert (named["baseline"], named["goal"], named["met"]) == ("faiss", 1.3, True)
+    assert named["ratio"] == pytest.approx(1.5)
+    rows[1]["median"] = 1e-3  # the named baseline is the fastest: one line, judged on it
+    (only,) = bench.summarize(rows)
+    assert (only["baseline"], only["met"]) == ("faiss", False)
+
+
 def test_groups_without_a_side_and_embedcore_variants():
     rows = _rows(
         _bench("encode: 2000 docs", "embedcore", 10.0, op="encode", goal=1.0),
