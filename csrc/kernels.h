@@ -38,7 +38,22 @@ struct KernelTable {
   // Dequantises nr rows of int8 codes: dst[j * d + t] = offset[t] + scale[t] * src[j * d + t].
   void (*rows_i8_affine_to_f32)(const int8_t* src, int64_t nr, int64_t d, const float* offset,
                                 const float* scale, float* dst);
+
+  // Fast-scan Hamming for many queries (null where the ISA has no such kernel). Bits are read as
+  // nibble positions p = 0 .. hamming_nibble_positions(nbytes) - 1 (byte p / 2, low nibble first;
+  // bytes past nbytes are zero). A query becomes a table (P, 16): entry [p][v] = popcount of its
+  // nibble p XOR v (hamming_nibble_tables). Corpus rows become groups of 32: nib[(g * P + p) * 32 + r]
+  // = nibble p of row 32 g + r (zero past nr), for ceil(nr / 32) groups.
+  void (*hamming_nibble_rows)(const uint8_t* c, int64_t nr, int64_t nbytes, uint8_t* nib);
+  // out[i * nr + j] = Hamming distance of query i (tables + i * P * 16) to row j, for nr <= 64 rows;
+  // bit j of cand[i] is set when it is <= bound[i] (a row that may enter query i's heap).
+  void (*tile_hamming_nibbles)(const uint8_t* tables, int64_t nq, const uint8_t* nib, int64_t nr,
+                               int64_t nbytes, const int32_t* bound, int32_t* out, uint64_t* cand);
 };
+
+// Rows padded to 16-byte chunks of 32 nibbles; 16-bit sums bound the width (8 bits x 4096 < 2^16).
+constexpr int64_t kMaxNibbleBytes = 4096;
+inline int64_t hamming_nibble_positions(int64_t nbytes) { return 32 * ((nbytes + 15) / 16); }
 
 const KernelTable& scalar_kernels();
 #ifdef EMBEDCORE_HAVE_AVX2

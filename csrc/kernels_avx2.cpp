@@ -339,6 +339,127 @@ void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, in
   }
 }
 
+// Fast-scan Hamming (many queries), layout in kernels.h: per nibble position one VPSHUFB looks up
+// the 32 rows' nibbles in the query's table of bit counts; byte sums need no horizontal reduction.
+
+// Row j's 16-byte chunk starting at byte b, zero-padded past the row (or the tile: j >= nr).
+inline __m128i row_chunk(const uint8_t* c, int64_t j, int64_t nr, int64_t nb, int64_t b) {
+  if (j >= nr) return _mm_setzero_si128();
+  const uint8_t* p = c + j * nb + b;
+  if (nb - b >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  alignas(16) uint8_t tail[16] = {};
+  __builtin_memcpy(tail, p, size_t(nb - b));
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+}
+
+void hamming_nibble_rows(const uint8_t* c, int64_t nr, int64_t nb, uint8_t* nib) {
+  const int64_t npos = hamming_nibble_positions(nb);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t g = 0; g * 32 < nr; ++g)
+    for (int64_t b = 0; b < nb; b += 16) {
+      // Lane 0 holds rows 0..15 of the group, lane 1 rows 16..31: four rounds of in-lane unpacks
+      // transpose both 16 x 16 byte blocks at once, leaving byte bitrev(m) of every row in x[m].
+      __m256i x[16];
+      for (int m = 0; m < 16; ++m)
+        x[m] = _mm256_set_m128i(row_chunk(c, 32 * g + 16 + m, nr, nb, b), row_chunk(c, 32 * g + m, nr, nb, b));
+      for (int round = 0; round < 4; ++round) {
+        __m256i y[16];
+        for (int i = 0; i < 8; ++i) {
+          const __m256i a = x[2 * i], d = x[2 * i + 1];
+          switch (round) {
+            case 0: y[i] = _mm256_unpacklo_epi8(a, d); y[i + 8] = _mm256_unpackhi_epi8(a, d); break;
+            case 1: y[i] = _mm256_unpacklo_epi16(a, d); y[i + 8] = _mm256_unpackhi_epi16(a, d); break;
+            case 2: y[i] = _mm256_unpacklo_epi32(a, d); y[i + 8] = _mm256_unpackhi_epi32(a, d); break;
+            default: y[i] = _mm256_unpacklo_epi64(a, d); y[i + 8] = _mm256_unpackhi_epi64(a, d); break;
+          }
+        }
+        for (int m = 0; m < 16; ++m) x[m] = y[m];
+      }
+      for (int m = 0; m < 16; ++m) {
+        const int byte = ((m & 1) << 3) | ((m & 2) << 1) | ((m & 4) >> 1) | ((m & 8) >> 3);
+        uint8_t* dst = nib + (g * npos + 2 * (b + byte)) * 32;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_and_si256(x[m], low));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32), _mm256_and_si256(_mm256_srli_epi16(x[m], 4), low));
+      }
+    }
+}
+
+// Distances of Q queries (tables tab + i * tab_stride) to G groups of 32 rows: out[i * ldo + 32 * g + r],
+// and bit 32 g + r of cand[i] set when that distance is <= bound[i]. Each row load serves Q queries
+// and each table load G groups. Byte sums take at most 63 positions (4 bits each: <= 252) before
+// they are widened into the 16-bit sums lo and hi.
+template <int Q, int G>
+inline void micro_hamming_nibbles(const uint8_t* tab, int64_t tab_stride, const uint8_t* nib, int64_t npos,
+                                  const int32_t* bound, int32_t* out, int64_t ldo, uint64_t* cand) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i lo[Q][G], hi[Q][G];
+  for (int i = 0; i < Q; ++i)
+    for (int g = 0; g < G; ++g) lo[i][g] = hi[i][g] = zero;
+  for (int64_t p0 = 0; p0 < npos; p0 += 63) {
+    const int64_t p1 = p0 + 63 < npos ? p0 + 63 : npos;
+    __m256i acc[Q][G];
+    for (int i = 0; i < Q; ++i)
+      for (int g = 0; g < G; ++g) acc[i][g] = zero;
+    for (int64_t p = p0; p < p1; ++p) {
+      __m256i v[G];
+      for (int g = 0; g < G; ++g)
+        v[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + (g * npos + p) * 32));
+      for (int i = 0; i < Q; ++i) {
+        const __m256i t = _mm256_broadcastsi128_si256(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab + i * tab_stride + 16 * p)));
+        for (int g = 0; g < G; ++g) acc[i][g] = _mm256_add_epi8(acc[i][g], _mm256_shuffle_epi8(t, v[g]));
+      }
+    }
+    for (int i = 0; i < Q; ++i)
+      for (int g = 0; g < G; ++g) {
+        lo[i][g] = _mm256_add_epi16(lo[i][g], _mm256_unpacklo_epi8(acc[i][g], zero));
+        hi[i][g] = _mm256_add_epi16(hi[i][g], _mm256_unpackhi_epi8(acc[i][g], zero));
+      }
+  }
+  // lo holds rows 0..7 and 16..23 of a group, hi rows 8..15 and 24..31: the signed pack of their
+  // (0 / -1) comparisons lists rows 0..31 in order. Distances fit in 16 bits (kMaxNibbleBytes).
+  for (int i = 0; i < Q; ++i) {
+    const __m256i b = _mm256_set1_epi16(int16_t(uint16_t(bound[i] < 0 ? 0 : bound[i] > 0xffff ? 0xffff : bound[i])));
+    uint64_t bits = 0;
+    for (int g = 0; g < G; ++g) {
+      const __m256i le_lo = _mm256_cmpeq_epi16(_mm256_min_epu16(lo[i][g], b), lo[i][g]);
+      const __m256i le_hi = _mm256_cmpeq_epi16(_mm256_min_epu16(hi[i][g], b), hi[i][g]);
+      bits |= uint64_t(uint32_t(_mm256_movemask_epi8(_mm256_packs_epi16(le_lo, le_hi)))) << (32 * g);
+      __m256i* o = reinterpret_cast<__m256i*>(out + i * ldo + 32 * g);
+      _mm256_storeu_si256(o, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(lo[i][g])));
+      _mm256_storeu_si256(o + 1, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(hi[i][g])));
+      _mm256_storeu_si256(o + 2, _mm256_cvtepu16_epi32(_mm256_extracti128_si256(lo[i][g], 1)));
+      _mm256_storeu_si256(o + 3, _mm256_cvtepu16_epi32(_mm256_extracti128_si256(hi[i][g], 1)));
+    }
+    cand[i] = bits;
+  }
+}
+
+void tile_hamming_nibbles(const uint8_t* tables, int64_t nq, const uint8_t* nib, int64_t nr, int64_t nb,
+                          const int32_t* bound, int32_t* out, uint64_t* cand) {
+  const int64_t npos = hamming_nibble_positions(nb), ts = npos * 16;
+  if (nr == 64) {  // a whole tile straight into out, four queries at a time
+    int64_t i = 0;
+    for (; i + 4 <= nq; i += 4)
+      micro_hamming_nibbles<4, 2>(tables + i * ts, ts, nib, npos, bound + i, out + i * nr, nr, cand + i);
+    for (; i < nq; ++i)
+      micro_hamming_nibbles<1, 2>(tables + i * ts, ts, nib, npos, bound + i, out + i * nr, nr, cand + i);
+    return;
+  }
+  // A partial tile through a buffer; rows past nr were padded with zeros and are not flagged.
+  alignas(32) int32_t part[32];
+  for (int64_t i = 0; i < nq; ++i) {
+    cand[i] = 0;
+    for (int64_t j = 0; j < nr; j += 32) {
+      uint64_t bits;
+      micro_hamming_nibbles<1, 1>(tables + i * ts, ts, nib + j * npos, npos, bound + i, part, 32, &bits);
+      const int64_t len = nr - j < 32 ? nr - j : 32;
+      for (int64_t b = 0; b < len; ++b) out[i * nr + j + b] = part[b];
+      cand[i] |= (bits & ((uint64_t(1) << len) - 1)) << j;
+    }
+  }
+}
+
 __attribute__((target("f16c"))) void rows_f16_to_f32(const uint16_t* src, int64_t nr, int64_t d, float* dst) {
   const int64_t n = nr * d;
   int64_t t = 0;
@@ -382,7 +503,7 @@ const KernelTable& avx2_kernels() {
   static const KernelTable table{Isa::kAvx2,     dot_f32,         l2sq_f32,         dot_i8,
                                  hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
                                  tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
-                                 rows_i8_affine_to_f32};
+                                 rows_i8_affine_to_f32, hamming_nibble_rows, tile_hamming_nibbles};
   return table;
 }
 

@@ -447,7 +447,9 @@ const KernelTable& avx512_kernels() {
                                  tile_hamming,
                                  rows_f16_to_f32,
                                  rows_bf16_to_f32,
-                                 rows_i8_affine_to_f32};
+                                 rows_i8_affine_to_f32,
+                                 nullptr,
+                                 nullptr};
   return table;
 }
 

@@ -131,7 +131,7 @@ const KernelTable& scalar_kernels() {
   static const KernelTable table{Isa::kScalar,   dot_f32,         l2sq_f32,         dot_i8,
                                  hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
                                  tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
-                                 rows_i8_affine_to_f32};
+                                 rows_i8_affine_to_f32, nullptr, nullptr};
   return table;
 }
 

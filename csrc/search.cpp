@@ -21,6 +21,7 @@ constexpr int64_t kQueryBlock = 8;   // queries per tile (scorers may ask for mo
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
 constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
 constexpr int64_t kFusedInt8MaxQueries = 16;  // measured break-even with the dequantised tile
+constexpr int64_t kHammingNibbleMinQueries = 8;  // fast-scan Hamming: the transposition needs reuse
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
 
 // Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
@@ -56,9 +57,48 @@ bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S,
   return finite;
 }
 
+// Pushes the flagged scores of a (nqb, nr <= 64) tile: bit j of cand[i] marks a row base + j that may
+// enter heaps[i] (a superset: the exact (value, index) test decides).
+template <typename S, typename Rank>
+void push_candidates(const S* tile, const uint64_t* cand, int64_t nqb, int64_t nr, int64_t base,
+                     TopKHeap<S, Rank>* heaps) {
+  for (int64_t i = 0; i < nqb; ++i) {
+    TopKHeap<S, Rank>& h = heaps[i];
+    for (uint64_t word = cand[i]; word; word &= word - 1) {
+      const int64_t j = __builtin_ctzll(word);
+      if (Rank::better(tile[i * nr + j], base + j, h.val[0], h.idx[0])) h.replace_top(tile[i * nr + j], base + j);
+    }
+  }
+}
+
+// Scorers with score_flagged(scratch, q0, nqb, r0, nr, bound, out, cand) may flag the scores that can
+// enter each heap (<= bound[i] for distances) while scoring; it returns false when it did not.
+template <typename Scorer, typename = void>
+struct FlagsCandidates : std::false_type {};
+template <typename Scorer>
+struct FlagsCandidates<Scorer, std::void_t<decltype(&Scorer::score_flagged)>> : std::true_type {};
+
+// Scores one (nqb, nr) tile into heaps[0..nqb) through the buffers tile, bound and cand (query_block()
+// entries each). Returns false when a float score is not finite.
+template <typename S, typename Rank, typename Scorer>
+bool score_tile(const Scorer& scorer, typename Scorer::Scratch& scratch, int64_t q0, int64_t nqb, int64_t r0,
+                int64_t nr, TopKHeap<S, Rank>* heaps, S* tile, S* bound, uint64_t* cand) {
+  if constexpr (FlagsCandidates<Scorer>::value) {
+    for (int64_t i = 0; i < nqb; ++i) bound[i] = heaps[i].val[0];
+    if (scorer.score_flagged(scratch, q0, nqb, r0, nr, bound, tile, cand)) {
+      push_candidates(tile, cand, nqb, nr, r0, heaps);
+      return true;
+    }
+  } else {
+    scorer.score(scratch, q0, nqb, r0, nr, tile);
+  }
+  return push_tile(tile, nqb, nr, r0, heaps);
+}
+
 // Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
 // [r0, r0 + nr) (once per tile, for every query block); score(scratch, q0, nqb, r0, nr, out) writes
-// the (nqb, nr) tile; row_bytes() sizes the work; query_block() is the most queries per tile.
+// the (nqb, nr) tile (or score_flagged, see FlagsCandidates); row_bytes() sizes the work;
+// query_block() is the most queries per tile.
 template <typename S, typename Rank, typename Scorer>
 bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
           int64_t* out_idx) {
@@ -83,7 +123,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       // The team may be smaller than asked for (OMP_THREAD_LIMIT, nesting): stride by its real size.
       const int t = omp_get_thread_num(), team = omp_get_num_threads();
       auto scratch = scorer.make_scratch();
-      std::vector<S> tile(size_t(qb * kTileRows));
+      std::vector<S> tile(size_t(qb * kTileRows)), bound(static_cast<size_t>(qb));
+      std::vector<uint64_t> cand(static_cast<size_t>(qb));
       std::vector<Heap> heaps;
       for (int64_t q = t * qb; q < nq; q += int64_t(team) * qb)
         for (int64_t i = q; i < std::min(nq, q + qb); ++i) {
@@ -96,8 +137,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
         scorer.prepare(scratch, r0, nr);
         for (int64_t b = t, h = 0; b < nblocks; b += team, h += qb) {
           const int64_t q0 = b * qb, nqb = std::min(qb, nq - q0);
-          scorer.score(scratch, q0, nqb, r0, nr, tile.data());
-          finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + h);
+          finite &= score_tile(scorer, scratch, q0, nqb, r0, nr, heaps.data() + h, tile.data(), bound.data(),
+                               cand.data());
         }
       }
       if (!finite) ok.store(false);
@@ -123,7 +164,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
       heaps.back().clear();
     }
     auto scratch = scorer.make_scratch();
-    std::vector<S> tile(size_t(qb * kTileRows));
+    std::vector<S> tile(size_t(qb * kTileRows)), bound(static_cast<size_t>(qb));
+    std::vector<uint64_t> cand(static_cast<size_t>(qb));
     bool finite = true;
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t s0 = 0; s0 < n; s0 += slice) {
@@ -132,8 +174,8 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
         scorer.prepare(scratch, r0, nr);
         for (int64_t q0 = 0; q0 < nq; q0 += qb) {
           const int64_t nqb = std::min(qb, nq - q0);
-          scorer.score(scratch, q0, nqb, r0, nr, tile.data());
-          finite &= push_tile(tile.data(), nqb, nr, r0, heaps.data() + q0);
+          finite &= score_tile(scorer, scratch, q0, nqb, r0, nr, heaps.data() + q0, tile.data(), bound.data(),
+                               cand.data());
         }
       }
     }
@@ -277,17 +319,46 @@ struct HammingScorer {
   const uint8_t* q;
   const uint8_t* c;
   int64_t nbytes;
+  const uint8_t* tables;  // fast-scan query tables (kernels.h), or null for the popcount kernels
 
-  struct Scratch {};
-  Scratch make_scratch() const { return {}; }
-  // Larger blocks amortise the AVX-512 kernel's transposition of each tile over more queries.
+  struct Scratch {
+    std::vector<uint8_t> nib;  // the tile's rows in the fast-scan layout
+  };
+  Scratch make_scratch() const {
+    Scratch s;
+    if (tables != nullptr) s.nib.resize(size_t(kTileRows * hamming_nibble_positions(nbytes)));
+    return s;
+  }
+  // Larger blocks amortise a tile's transposition (AVX-512 words, AVX2 nibbles) over more queries.
   int64_t query_block() const { return 4 * kQueryBlock; }
   int64_t row_bytes() const { return nbytes; }
-  void prepare(Scratch&, int64_t, int64_t) const {}
-  void score(Scratch&, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, int32_t* out) const {
-    kt.tile_hamming(q + q0 * nbytes, nqb, c + r0 * nbytes, nr, nbytes, out);
+  void prepare(Scratch& s, int64_t r0, int64_t nr) const {
+    if (tables != nullptr) kt.hamming_nibble_rows(c + r0 * nbytes, nr, nbytes, s.nib.data());
+  }
+  bool score_flagged(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, const int32_t* bound,
+                     int32_t* out, uint64_t* cand) const {
+    if (tables == nullptr) {
+      kt.tile_hamming(q + q0 * nbytes, nqb, c + r0 * nbytes, nr, nbytes, out);
+      return false;
+    }
+    kt.tile_hamming_nibbles(tables + q0 * hamming_nibble_positions(nbytes) * 16, nqb, s.nib.data(), nr, nbytes,
+                            bound, out, cand);
+    return true;
   }
 };
+
+// Fast-scan tables (kernels.h): entry [i][p][v] = popcount(nibble p of query i XOR v).
+std::vector<uint8_t> hamming_nibble_tables(const uint8_t* q, int64_t nq, int64_t nbytes) {
+  const int64_t npos = hamming_nibble_positions(nbytes);
+  std::vector<uint8_t> tables(size_t(nq * npos * 16));
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t p = 0; p < npos; ++p) {
+      const int64_t b = p / 2;
+      const unsigned nibble = b < nbytes ? (q[i * nbytes + b] >> (4 * (p % 2))) & 15u : 0u;
+      for (unsigned v = 0; v < 16; ++v) tables[size_t((i * npos + p) * 16 + v)] = uint8_t(__builtin_popcount(nibble ^ v));
+    }
+  return tables;
+}
 
 }  // namespace
 
@@ -339,8 +410,12 @@ void search_int8(const int8_t* q, int64_t nq, const int8_t* c, int64_t n, int64_
 
 void search_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t n, int64_t nbytes, int64_t k,
                     int num_threads, int32_t* out_val, int64_t* out_idx) {
-  scan<int32_t, RankSmallest<int32_t>>(HammingScorer{active_kernels(), q, c, nbytes}, nq, n, k, num_threads,
-                                       out_val, out_idx);
+  const KernelTable& kt = active_kernels();
+  std::vector<uint8_t> tables;
+  if (kt.tile_hamming_nibbles != nullptr && nq >= kHammingNibbleMinQueries && nbytes <= kMaxNibbleBytes)
+    tables = hamming_nibble_tables(q, nq, nbytes);
+  const HammingScorer scorer{kt, q, c, nbytes, tables.empty() ? nullptr : tables.data()};
+  scan<int32_t, RankSmallest<int32_t>>(scorer, nq, n, k, num_threads, out_val, out_idx);
 }
 
 }  // namespace embedcore
