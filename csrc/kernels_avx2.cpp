@@ -241,9 +241,11 @@ void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64
   });
 }
 
-// Hamming: 64-bit POPCNT over words, four corpus rows per query word load; exact.
-template <int RN>
+// Hamming: 64-bit POPCNT over words, four corpus rows per query word load; exact. NW > 0 fixes the
+// width at NW words (nb == 8 NW): the loop unrolls fully, without its counter and branch per word.
+template <int RN, int NW = 0>
 inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out) {
+  if constexpr (NW > 0) nb = 8 * NW;
   uint64_t acc[RN] = {};
   int64_t t = 0;
   for (; t + 8 <= nb; t += 8) {
@@ -258,6 +260,15 @@ inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_
   for (; t < nb; ++t)
     for (int b = 0; b < RN; ++b) acc[b] += uint64_t(_mm_popcnt_u32(unsigned(q[t] ^ c[b * nb + t])));
   for (int b = 0; b < RN; ++b) out[b] = int32_t(acc[b]);
+}
+
+template <int NW>
+void tile_hamming_popcnt(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+  for (int64_t i = 0; i < nq; ++i) {
+    int64_t j = 0;
+    for (; j + 4 <= nr; j += 4) micro_hamming<4, NW>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+    for (; j < nr; ++j) micro_hamming<1, NW>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+  }
 }
 
 // Hamming for a block of queries over a transposed tile: the corpus words are regrouped so one ymm
@@ -332,10 +343,13 @@ void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, in
     tile_hamming_transposed(q, nq, c, nr, nb, out);
     return;
   }
-  for (int64_t i = 0; i < nq; ++i) {
-    int64_t j = 0;
-    for (; j + 4 <= nr; j += 4) micro_hamming<4>(q + i * nb, c + j * nb, nb, out + i * nr + j);
-    for (; j < nr; ++j) micro_hamming<1>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+  switch (nb) {  // common code widths: 256, 384, 512, 768 and 1024 bits
+    case 32: return tile_hamming_popcnt<4>(q, nq, c, nr, nb, out);
+    case 48: return tile_hamming_popcnt<6>(q, nq, c, nr, nb, out);
+    case 64: return tile_hamming_popcnt<8>(q, nq, c, nr, nb, out);
+    case 96: return tile_hamming_popcnt<12>(q, nq, c, nr, nb, out);
+    case 128: return tile_hamming_popcnt<16>(q, nq, c, nr, nb, out);
+    default: return tile_hamming_popcnt<0>(q, nq, c, nr, nb, out);
   }
 }
 
@@ -355,7 +369,11 @@ inline __m128i row_chunk(const uint8_t* c, int64_t j, int64_t nr, int64_t nb, in
 void hamming_nibble_rows(const uint8_t* c, int64_t nr, int64_t nb, uint8_t* nib) {
   const int64_t npos = hamming_nibble_positions(nb);
   const __m256i low = _mm256_set1_epi8(0x0f);
-  for (int64_t g = 0; g * 32 < nr; ++g)
+  for (int64_t g = 0; g * 32 < nr; ++g) {
+    // The next tile's rows (prefetches past the corpus do not fault): the chunk order below jumps
+    // between rows, which the hardware prefetchers follow late.
+    for (int64_t off = 0; off < 32 * nb; off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(c + (32 * g + 64) * nb + off), _MM_HINT_T0);
     for (int64_t b = 0; b < nb; b += 16) {
       // Lane 0 holds rows 0..15 of the group, lane 1 rows 16..31: four rounds of in-lane unpacks
       // transpose both 16 x 16 byte blocks at once, leaving byte bitrev(m) of every row in x[m].
@@ -382,6 +400,7 @@ void hamming_nibble_rows(const uint8_t* c, int64_t nr, int64_t nb, uint8_t* nib)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32), _mm256_and_si256(_mm256_srli_epi16(x[m], 4), low));
       }
     }
+  }
 }
 
 // Distances of Q queries (tables tab + i * tab_stride) to G groups of 32 rows: out[i * ldo + 32 * g + r],

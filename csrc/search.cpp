@@ -98,7 +98,8 @@ bool score_tile(const Scorer& scorer, typename Scorer::Scratch& scratch, int64_t
 // Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
 // [r0, r0 + nr) (once per tile, for every query block); score(scratch, q0, nqb, r0, nr, out) writes
 // the (nqb, nr) tile (or score_flagged, see FlagsCandidates); row_bytes() sizes the work;
-// query_block() is the most queries per tile.
+// query_block() is the most queries per tile; stream_bound() says whether one query's scan is bound
+// by reading the rows rather than by scoring them.
 template <typename S, typename Rank, typename Scorer>
 bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
           int64_t* out_idx) {
@@ -110,8 +111,9 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   const double work = double(n) * double(std::max<int64_t>(1, scorer.row_bytes())) * double(nblocks);
   int nt = int(std::max(1.0, std::min(double(num_threads), work / double(kMinBytesPerThread))));
   // One or two queries make a pure memory stream, and one core already drew 35 of the 37 GB/s this
-  // machine class reads (2 threads: 19-25 GB/s, plus wake-up and merge costs on a shared machine).
-  if (nq <= 2) nt = 1;
+  // machine class reads (2 threads: 19-25 GB/s, plus wake-up and merge costs on a shared machine);
+  // unless scoring a row costs more than reading it (popcounts: 2 threads halve a 1-query scan).
+  if (nq <= 2 && scorer.stream_bound()) nt = 1;
   std::atomic<bool> ok{true};
 
   if (nt == 1 || nblocks % nt == 0 || nblocks >= 4 * nt) {
@@ -227,6 +229,7 @@ struct FloatScorer {
     return s;
   }
   int64_t query_block() const { return kQueryBlock; }
+  bool stream_bound() const { return true; }
   int64_t row_bytes() const {
     return d * (corpus.format == FloatFormat::kF32 ? 4 : corpus.format == FloatFormat::kI8Affine ? 1 : 2);
   }
@@ -291,6 +294,7 @@ struct Int8Scorer {
     return Scratch{std::vector<int32_t>(size_t(kQueryBlock * kTileRows)), std::vector<int32_t>(size_t(kTileRows))};
   }
   int64_t query_block() const { return kQueryBlock; }
+  bool stream_bound() const { return true; }
   int64_t row_bytes() const { return d; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
     if (metric != Metric::kDot)
@@ -331,6 +335,7 @@ struct HammingScorer {
   }
   // Larger blocks amortise a tile's transposition (AVX-512 words, AVX2 nibbles) over more queries.
   int64_t query_block() const { return 4 * kQueryBlock; }
+  bool stream_bound() const { return false; }
   int64_t row_bytes() const { return nbytes; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
     if (tables != nullptr) kt.hamming_nibble_rows(c + r0 * nbytes, nr, nbytes, s.nib.data());
