@@ -11,8 +11,10 @@ Corpus: N unit vectors of dim 384 (N = 200,000; 20,000 with ``EMBEDCORE_BENCH_QU
 * binary (384 bits = 48 bytes, ``hamming``): FAISS ``IndexBinaryFlat``, usearch exact b1.
 
 Every provider runs on the same number of threads (``embedcore._backend.num_threads()``) and is
-checked against embedcore before it is timed. The float32 1-query row also records the achieved read
-bandwidth (corpus bytes / median time) in ``extra_info["read_GBps"]``.
+checked against embedcore before it is timed. FAISS runs at embedcore's ISA (conftest sets
+``FAISS_SIMD_LEVEL``); its rows record the level in ``extra_info["faiss_simd"]``. The float32
+1-query row also records the achieved read bandwidth (corpus bytes / median time) in
+``extra_info["read_GBps"]``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def _faiss():
     faiss = pytest.importorskip("faiss")
     faiss.omp_set_num_threads(THREADS)
     return faiss
+
+
+def _faiss_simd() -> str:
+    """The SIMD level FAISS runs at (conftest pins it to embedcore's ISA)."""
+    config = getattr(_faiss(), "SIMDConfig", None)
+    return config.get_level_name() if config is not None else "unknown"
 
 
 def _usearch():
@@ -194,9 +202,11 @@ def test_search(benchmark, fmt, provider, nq):
                 metric="hamming" if fmt == "binary" else "dot", threads=THREADS)
     if provider == "embedcore" and (fmt, nq) in GOALS:
         info["goal"] = GOALS[fmt, nq]
+    if provider == "faiss":
+        info["faiss_simd"] = _faiss_simd()
     benchmark.extra_info.update(info)
     benchmark.pedantic(call, rounds=3 if QUICK else 5, warmup_rounds=1)
-    if provider == "embedcore" and fmt == "float32" and nq == 1:
+    if provider == "embedcore" and fmt == "float32" and nq == 1 and benchmark.stats is not None:
         benchmark.extra_info["read_GBps"] = d["corpus"].nbytes / benchmark.stats.stats.median / 1e9
 
 
@@ -241,6 +251,8 @@ def test_single_query_latency(benchmark, fmt, provider):
                                     dtype=fmt, metric="hamming" if fmt == "binary" else "dot", threads=1)
         if provider == "embedcore":
             benchmark.extra_info["goal"] = 1.0
+        else:
+            benchmark.extra_info["faiss_simd"] = _faiss_simd()
         benchmark.pedantic(call, rounds=200, iterations=5, warmup_rounds=5)
     finally:
         faiss.omp_set_num_threads(THREADS)

@@ -17,6 +17,22 @@ import pytest
 
 QUICK = os.environ.get("EMBEDCORE_BENCH_QUICK", "").strip() not in ("", "0")
 REQUIRED_INFO = ("op", "provider", "shape", "dtype", "metric")
+# embedcore ISA -> the FAISS SIMD level with the same instructions (FAISS aborts on unknown names).
+FAISS_SIMD = {"scalar": "NONE", "avx2": "AVX2", "avx512": "AVX512_VPOPCNT"}
+
+
+def _pin_faiss_simd() -> None:
+    """Caps FAISS at embedcore's ISA (e.g. both AVX2 under ``EMBEDCORE_CPU_ISA=avx2``), so the two
+    compare like with like. FAISS reads ``FAISS_SIMD_LEVEL`` once, when it loads: this runs before
+    any benchmark imports it. A level the caller set wins."""
+    from embedcore import _backend
+
+    native = _backend.native()
+    if native is not None and "FAISS_SIMD_LEVEL" not in os.environ:
+        os.environ["FAISS_SIMD_LEVEL"] = FAISS_SIMD[native.isa()]
+
+
+_pin_faiss_simd()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
