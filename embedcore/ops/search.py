@@ -22,14 +22,17 @@ code's bucket, exactly as ``embedcore.ops.quantize.dequantize``. ``binary`` code
 sentence-transformers' ``ubinary - 128``: the shift is undone before counting bits.
 
 numpy arrays and CPU tensors run in ``embedcore._C`` (GIL released): score tiles from per-ISA
-kernels pushed straight into per-query heaps, never the full score matrix. CUDA tensors are scored
-block by block (cuBLAS for floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and
-ranked with ``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
+kernels pushed straight into per-query heaps, never the full score matrix. CUDA tensors with
+k <= 256 run the fused Triton scan (``embedcore.kernels.similarity``: score tiles and a running
+top-k in registers); larger k, or ``EMBEDCORE_GPU_SEARCH=torch``, scores corpus blocks (cuBLAS for
+floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and ranks them with
+``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
 numpy for numpy queries and tensors on the queries' device for tensor queries.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +54,10 @@ _INT8_DOT_MAX_DIM = 131071
 # embedcore._cuda score kernels: queries staged in 48 KiB of shared memory, 8 per block row.
 _CUDA_MAX_WIDTH = 6144
 _CUDA_MAX_QUERIES = 8 * 65535
+# Device search backends (EMBEDCORE_GPU_SEARCH) and the largest k of the Triton path
+# (embedcore.kernels.similarity.MAX_K; kept here so the dispatch does not import triton).
+GPU_SEARCH_BACKENDS = ("auto", "triton", "torch")
+TRITON_MAX_K = 256
 
 
 # dtype -> name: formatting a numpy dtype as a string costs microseconds (Python-level __str__), a
@@ -331,29 +338,36 @@ def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, 
     return scores
 
 
-def _search_torch(
-    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
-) -> tuple[Any, Any]:
-    """Device search in PyTorch (CUDA tensors): corpus blocks scored by cuBLAS or ``embedcore._cuda``
-    (dp4a int8, popc Hamming), then an exact top-k over unique int64 (score, index) keys, merged
-    block by block. Works on any device; the CPU runs it only in tests."""
+def _gpu_search_backend() -> str:
+    """``EMBEDCORE_GPU_SEARCH``: ``auto`` (default), ``triton`` or ``torch``."""
+    value = os.environ.get("EMBEDCORE_GPU_SEARCH", "auto").strip().lower() or "auto"
+    if value not in GPU_SEARCH_BACKENDS:
+        raise ValueError(f"EMBEDCORE_GPU_SEARCH must be one of {GPU_SEARCH_BACKENDS}, got {value!r}")
+    return value
+
+
+def _use_triton_search(corpus: Any, k: int) -> bool:
+    """Whether the fused Triton scan serves this device search: ``triton`` forces it and ``auto``
+    picks it when Triton runs here (compiled for a CUDA tensor, or the interpreter), as long as k fits
+    its register-resident top-k and the corpus is not float64; otherwise the blocked torch path runs."""
+    backend = _gpu_search_backend()
+    if backend == "torch" or k > TRITON_MAX_K or _dtype_name(corpus) == "float64":
+        return False
+    if backend == "triton":
+        if not _backend.triton_available():
+            raise RuntimeError("EMBEDCORE_GPU_SEARCH=triton but triton is not installed")
+        return True
+    return _backend.use_triton(corpus)
+
+
+def _topk_keys_torch(q: Any, corpus: Any, k: int, metric: str, kind: str,
+                     affine: tuple[Any, Any] | None) -> tuple[Any, Any]:
+    """Top-k (nq, k) int64 keys over corpus blocks scored by cuBLAS / ``embedcore._cuda`` and merged
+    with ``torch.topk``, and a bool tensor that is True when a float score is not finite (None for
+    integer formats)."""
     import torch
 
     ascending = metric in _ASCENDING
-    score_dtype = torch.float32 if _score_dtype(kind, metric) == np.float32 else torch.int32
-    if kind in ("float", "int8_asym"):
-        q = queries.to(torch.float32)
-        if not bool(torch.isfinite(q).all()):
-            raise ValueError("queries contains NaN or infinity")
-        if metric == "cos":
-            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
-    else:
-        q = queries.contiguous()
-    affine = None
-    if kind == "int8_asym":
-        offset, scale = _int8_affine(ranges)
-        affine = (torch.from_numpy(offset.astype(np.float32)).to(corpus.device),
-                  torch.from_numpy(scale.astype(np.float32)).to(corpus.device))
     n, nq = corpus.shape[0], q.shape[0]
     # Blocks of ~2^22 scores (x bytes for the (nq, rows, nbytes) temporary of the PyTorch Hamming
     # fallback), never fewer rows than k.
@@ -370,9 +384,41 @@ def _search_torch(
         if best is not None:
             keys = torch.cat([best, keys], dim=1)
         best = torch.topk(keys, min(k, keys.shape[1]), dim=1, largest=True, sorted=True).values
-    if not bool(finite):
+    return best, (~finite if _score_dtype(kind, metric) == np.float32 else None)
+
+
+def _search_torch(
+    queries: Any, corpus: Any, k: int, metric: str, kind: str, ranges: np.ndarray | None
+) -> tuple[Any, Any]:
+    """Device search (CUDA tensors): the fused Triton scan of ``embedcore.kernels.similarity`` for
+    k <= ``TRITON_MAX_K``, else corpus blocks scored by cuBLAS or ``embedcore._cuda`` (dp4a int8,
+    popc Hamming); both rank unique int64 (score, index) keys exactly (``EMBEDCORE_GPU_SEARCH``
+    picks). Works on any device; the CPU runs it only in tests (Triton through its interpreter)."""
+    import torch
+
+    score_dtype = torch.float32 if _score_dtype(kind, metric) == np.float32 else torch.int32
+    if kind in ("float", "int8_asym"):
+        q = queries.to(torch.float32)
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError("queries contains NaN or infinity")
+        if metric == "cos":
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
+    else:
+        q = queries.contiguous()
+    affine = None
+    if kind == "int8_asym":
+        offset, scale = _int8_affine(ranges)
+        affine = (torch.from_numpy(offset.astype(np.float32)).to(corpus.device),
+                  torch.from_numpy(scale.astype(np.float32)).to(corpus.device))
+    if _use_triton_search(corpus, k):
+        from embedcore.kernels.similarity import search_fwd
+
+        keys, nonfinite = search_fwd(q, corpus, k, metric, kind, affine)
+    else:
+        keys, nonfinite = _topk_keys_torch(q, corpus, k, metric, kind, affine)
+    if nonfinite is not None and bool(nonfinite):
         raise ValueError("corpus contains NaN or infinity (or a score overflows float32)")
-    return _unpack_keys(best, score_dtype, ascending)
+    return _unpack_keys(keys, score_dtype, metric in _ASCENDING)
 
 
 def search_reference(

@@ -1,0 +1,320 @@
+"""Exact search fused with a block-level top-k (Triton): scores never leave registers.
+
+Maths (the specification is ``embedcore.ops.search``: ``_torch_scores`` and ``_pack_keys``): for a
+query ``q`` and corpus row ``c`` (index ``i``)
+
+    float / int8:  dot = q . c     cos = q . c / max(|c|, 1e-12)  (q unit length, normalised before)
+                   l2 = max(|q|^2 + |c|^2 - 2 q . c, 0)            (exact, unclamped, for int8 codes)
+    asymmetric:    c = offset + scale * code per dimension (float queries against int8 codes)
+    int8 cos:      q . c / max(|q|, 1e-12) / max(|c|, 1e-12) in float64, rounded to float32
+    hamming:       popcount(q XOR c) over the packed bytes
+
+and each score becomes the int64 key ``(ordered << 32) + (0xFFFFFFFF - i)``: ``ordered`` is the score
+mapped to an order-preserving int32 (float bits with the magnitude flipped for negatives), negated
+(``-ordered - 1``) for ``l2``/``hamming``. Keys are unique and their descending order is the ranking
+(best score first, ties toward the lower index), so top-k on keys is exact.
+
+Layout: grid (query blocks of ``BLOCK_Q``, corpus splits). A program walks its split in tiles of
+``BLOCK_N`` rows; each (BLOCK_Q, BLOCK_N) score tile is a ``tl.dot`` over ``BLOCK_D`` chunks of the
+dimension (float corpora as fp32 with ``tf32x3``: three tensor-core products, about fp32 accuracy;
+int8 x int8 with exact int32 accumulation) or an XOR + popcount on 32-bit words of packed bits. The
+program keeps the best ``KP`` keys per query (``KP`` = next power of two >= k) sorted in registers: a
+tile that beats the current KP-th key of some query is reduced with the bitonic ``tl.topk`` and
+merged as ``bitonic_merge(max(best, flip(tile_top)))`` (the top KP of two sorted lists form a bitonic
+sequence). Programs write (nq, splits, KP) candidate keys; ``torch.topk`` over a query's candidates
+gives the exact top-k. Float programs also count non-finite scores (NaN/inf corpus rows, overflow).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from embedcore.ops.search import TRITON_MAX_K
+
+# Largest k this path serves: the running list is KP int64 keys per query row in registers.
+MAX_K = TRITON_MAX_K
+_KIND = {"float": 0, "int8_asym": 0, "int8": 1, "hamming": 2}
+_METRIC = {"dot": 0, "cos": 1, "l2": 2, "hamming": 3}
+_EPS = tl.constexpr(1e-12)  # torch.nn.functional.normalize eps
+# Loses to every real key: a real key's low word is 0xFFFFFFFF - index > 0 (index < 2**31 - 1).
+_PAD_KEY = tl.constexpr(-(2**63))
+
+
+@triton.jit
+def _popcount(x):
+    """Set bits of each uint32 (SWAR; the interpreter lacks libdevice's popc)."""
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return ((x * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _words(b, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(ROWS, BLOCK_D) uint8 bytes -> (ROWS, BLOCK_D // 4) uint32 little-endian words."""
+    shifts = (tl.arange(0, 4) * 8).to(tl.uint32)
+    w = tl.reshape(b.to(tl.uint32), (ROWS, BLOCK_D // 4, 4)) << shifts[None, None, :]
+    return tl.sum(w, axis=2)
+
+
+@triton.jit
+def _tile_scores(q_ptr, q_st, c_ptr, c_st, off_ptr, scale_ptr, offs_q, q_ok, rows, r_ok, dim,
+                 KIND: tl.constexpr, METRIC: tl.constexpr, ASYM: tl.constexpr, BLOCK_Q: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(BLOCK_Q, BLOCK_N) dot products (fp32, int32) or Hamming distances (int32), and the corpus
+    rows' squared norms (BLOCK_N,) (zero for dot and hamming)."""
+    if KIND == 0:
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        cn = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+        cn = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for d0 in range(0, dim, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < dim
+        q = tl.load(q_ptr + offs_q[:, None] * q_st + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0)
+        if KIND == 2:
+            c_mask = r_ok[:, None] & d_ok[None, :]
+            c = tl.load(c_ptr + rows[:, None] * c_st + d[None, :], mask=c_mask, other=0)
+            x = _words(q, BLOCK_Q, BLOCK_D)[:, None, :] ^ _words(c, BLOCK_N, BLOCK_D)[None, :, :]
+            acc += tl.sum(_popcount(x), axis=2)
+        else:
+            # The corpus tile transposed, (BLOCK_D, BLOCK_N): the dot's right operand.
+            c_mask = d_ok[:, None] & r_ok[None, :]
+            c = tl.load(c_ptr + rows[None, :] * c_st + d[:, None], mask=c_mask, other=0)
+            if KIND == 0:
+                c = c.to(tl.float32)
+                if ASYM:
+                    scale = tl.load(scale_ptr + d, mask=d_ok, other=0.0)
+                    offset = tl.load(off_ptr + d, mask=d_ok, other=0.0)
+                    c = tl.where(c_mask, c * scale[:, None] + offset[:, None], 0.0)
+                acc = tl.dot(q, c, acc, input_precision="tf32x3")
+                if METRIC != 0:
+                    cn += tl.sum(c * c, axis=0)
+            else:
+                acc = tl.dot(q, c, acc)
+                if METRIC != 0:
+                    ci = c.to(tl.int32)
+                    cn += tl.sum(ci * ci, axis=0)
+    return acc, cn
+
+
+@triton.constexpr_function
+def _log2(n):
+    return n.bit_length() - 1
+
+
+@triton.jit
+def _side(NDIM: tl.constexpr, j: tl.constexpr):
+    """0/1 position along hypercube axis ``j`` (counted from the innermost) of a rank-NDIM tensor."""
+    return tl.reshape(tl.arange(0, 2), [1] * (NDIM - 1 - j) + [2] + [1] * j)
+
+
+@triton.jit
+def _merge_stages(h, stage: tl.constexpr, DESC: tl.constexpr, ALTERNATE: tl.constexpr):
+    """Bitonic merge over the ``stage`` innermost axes of ``h`` (BLOCK_Q, 2, ..., 2): sorts bitonic
+    runs of 2**stage descending (DESC) or ascending, flipping direction along the next axis
+    (ALTERNATE). Compare-exchange as max/min over a length-2 axis: plain reductions on the GPU and
+    in numpy for the interpreter (``tl.sort``'s XOR-sum exchange runs element by element there)."""
+    NDIM: tl.constexpr = len(h.shape)
+    if ALTERNATE:
+        down = _side(NDIM, stage)
+        if DESC:
+            down = 1 - down
+    else:
+        down: tl.constexpr = 1 if DESC else 0
+    for i in tl.static_range(stage):  # axis stage - 1 - i from the innermost, outer axes first
+        hi = tl.max(h, axis=NDIM - stage + i, keep_dims=True)
+        lo = tl.min(h, axis=NDIM - stage + i, keep_dims=True)
+        h = tl.where((_side(NDIM, stage - 1 - i) ^ down) != 0, hi, lo)
+    return h
+
+
+@triton.jit
+def _top_sorted(x, KP: tl.constexpr, DESC: tl.constexpr):
+    """The KP largest keys of each row of ``x`` (BLOCK_Q, BLOCK_N), sorted descending (DESC) or
+    ascending; KP <= BLOCK_N, both powers of two. Bitonic sort of runs of KP in alternating
+    directions, then halve by the maxima of neighbouring runs (bitonic) and re-merge, as ``tl.topk``."""
+    BLOCK_Q: tl.constexpr = x.shape[0]
+    LOG_N: tl.constexpr = _log2(x.shape[1])
+    LOG_K: tl.constexpr = _log2(KP)
+    h = tl.reshape(x, [BLOCK_Q] + [2] * LOG_N)
+    for stage in tl.static_range(1, LOG_K + 1):
+        h = _merge_stages(h, stage, DESC, stage < LOG_N)
+    for i in tl.static_range(LOG_K + 1, LOG_N + 1):
+        h = tl.max(h, axis=len(h.shape) - 1 - LOG_K)
+        h = _merge_stages(h, LOG_K, DESC, i < LOG_N)
+    return tl.reshape(h, (BLOCK_Q, KP))
+
+
+@triton.jit
+def _merge_top(best, top_asc, KP: tl.constexpr):
+    """Top KP of ``best`` (BLOCK_Q, KP) descending and ``top_asc`` (BLOCK_Q, KP) ascending, descending:
+    their elementwise maximum holds the top KP as a bitonic sequence, which one merge sorts."""
+    BLOCK_Q: tl.constexpr = best.shape[0]
+    h = tl.reshape(tl.maximum(best, top_asc), [BLOCK_Q] + [2] * _log2(KP))
+    return tl.reshape(_merge_stages(h, _log2(KP), True, False), (BLOCK_Q, KP))
+
+
+@triton.jit
+def _ordered_float(s):
+    """fp32 scores -> order-preserving int32 (``-0.0`` and ``0.0`` give one value)."""
+    bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit(do_not_specialize=["nq", "n", "dim", "rows_per_split"])
+def _search_kernel(q_ptr, q_st, qn_ptr, c_ptr, c_st, off_ptr, scale_ptr, out_ptr, bad_ptr,
+                   nq, n, dim, rows_per_split,
+                   KIND: tl.constexpr, METRIC: tl.constexpr, ASYM: tl.constexpr, KP: tl.constexpr,
+                   BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """queries (nq, dim) fp32 (KIND 0: float / asymmetric int8) or int8/uint8 codes and bytes,
+    query squared norms qn (nq,) fp32/int32 (read for l2 and int8 cos), corpus (n, dim) fp32/fp16/
+    bf16/int8/uint8, offset/scale (dim,) fp32 (ASYM). Writes candidate keys (nq, splits, KP) int64 and
+    the count of non-finite scores per program, bad (query blocks * splits,) int32. Grid (query
+    blocks, splits)."""
+    pid_q = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    offs_q = (pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
+    q_ok = offs_q < nq
+    if METRIC == 2 or (KIND == 1 and METRIC == 1):
+        qn = tl.load(qn_ptr + offs_q, mask=q_ok, other=0)
+    start = split.to(tl.int64) * rows_per_split
+    end = tl.minimum(start + rows_per_split, n)
+    best = tl.full((BLOCK_Q, KP), _PAD_KEY, dtype=tl.int64)
+    bad = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+    for n0 in range(start, end, BLOCK_N):
+        rows = tl.arange(0, BLOCK_N).to(tl.int64) + n0
+        r_ok = rows < end
+        acc, cn = _tile_scores(q_ptr, q_st, c_ptr, c_st, off_ptr, scale_ptr, offs_q, q_ok, rows, r_ok, dim,
+                               KIND, METRIC, ASYM, BLOCK_Q, BLOCK_N, BLOCK_D)
+        if KIND == 0:
+            s = acc
+            if METRIC == 1:
+                s = tl.math.div_rn(s, tl.maximum(tl.math.sqrt_rn(cn), _EPS)[None, :])
+            elif METRIC == 2:
+                # NaN stays NaN (torch's clamp): the non-finite count must see it.
+                s = tl.maximum(qn[:, None] + cn[None, :] - 2.0 * s, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            bad += (q_ok[:, None] & r_ok[None, :] & ~(tl.abs(s) < float("inf"))).to(tl.int32)
+            ordered = _ordered_float(s)
+        elif KIND == 1 and METRIC == 1:
+            # float64 as the torch path: products, norms and both divisions of exact integers.
+            qs = tl.maximum(tl.sqrt(qn.to(tl.float64)), _EPS)
+            cs = tl.maximum(tl.sqrt(cn.to(tl.float64)), _EPS)
+            ordered = _ordered_float((acc.to(tl.float64) / qs[:, None] / cs[None, :]).to(tl.float32))
+        elif METRIC == 2:
+            ordered = qn[:, None] + cn[None, :] - 2 * acc
+        else:
+            ordered = acc
+        ordered = ordered.to(tl.int64)
+        if METRIC >= 2:  # smallest first
+            ordered = -ordered - 1
+        keys = (ordered << 32) + (0xFFFFFFFF - rows[None, :])
+        keys = tl.where(r_ok[None, :], keys, _PAD_KEY)
+        # Most tiles of a long split hold nothing better than the KP-th key of any query: skip them.
+        worst = tl.min(best, axis=1)
+        if tl.sum((keys > worst[:, None]).to(tl.int32)) > 0:
+            best = _merge_top(best, _top_sorted(keys, KP, False), KP)
+    out = out_ptr + (offs_q[:, None] * n_splits + split) * KP + tl.arange(0, KP)[None, :]
+    tl.store(out, best, mask=q_ok[:, None])
+    if KIND == 0:
+        tl.store(bad_ptr + pid_q * n_splits + split, tl.sum(bad))
+
+
+def _blocks(kind: str, kp: int) -> tuple[int, int, int, int]:
+    """(BLOCK_Q, BLOCK_N, BLOCK_D, num_warps). BLOCK_N >= KP (the tile's top-KP); the keys tile, the
+    running list and the accumulator stay near 100 registers per thread."""
+    block_n = max(64, kp)
+    block_q = 32 if kp <= 64 else 16
+    if kind == "hamming":
+        # (BLOCK_Q, BLOCK_N, BLOCK_D / 4) XOR words per chunk.
+        block_q, block_d = 16, 16
+    else:
+        block_d = 64 if kind == "int8" else 32
+    return block_q, block_n, block_d, 4 if block_n <= 128 else 8
+
+
+def _splits(nq_blocks: int, n: int, block_n: int, device: torch.device) -> int:
+    """Corpus splits: about 4 programs per SM on a GPU (a few on the interpreter), never an empty
+    split, at most the grid's 65535 on axis 1."""
+    target = 4
+    if device.type == "cuda":
+        target *= torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(target, nq_blocks), triton.cdiv(n, block_n), 65535))
+
+
+def search_fwd(q: Any, corpus: Any, k: int, metric: str, kind: str, affine: tuple[Any, Any] | None = None,
+               *, splits: int | None = None) -> tuple[Any, Any]:
+    """Top-k keys of the fused scan. Arguments checked by ``embedcore.ops.search.search``.
+
+    Args:
+        q: (nq, dim) queries: float32 (unit length for ``cos``) for ``float``/``int8_asym``, int8 for
+            ``int8``, uint8/int8 packed bits for ``hamming``.
+        corpus: (N, dim) float32/float16/bfloat16 (``float``), int8 (``int8``, ``int8_asym``) or
+            uint8/int8 packed bits (``hamming``), on q's device.
+        k: 1 <= k <= min(N, MAX_K).
+        metric: ``dot``, ``cos``, ``l2`` or ``hamming``. kind: as ``embedcore.ops.search._kind``.
+        affine: (offset, scale) float32 (dim,) tensors for ``int8_asym``: code c stands for
+            offset + scale * c.
+        splits: corpus splits (grid axis 1); None picks them.
+
+    Returns:
+        (keys, bad): keys (nq, k) int64, best first, ``_pack_keys``' encoding; bad an int32 tensor
+        counting non-finite float scores (None for integer formats).
+    """
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"the Triton search serves 1 <= k <= {MAX_K}, got k={k}")
+    q = q.contiguous()
+    corpus = corpus.contiguous()
+    if kind == "hamming":  # binary (int8) codes: XOR cancels the shared -128 shift
+        q, corpus = q.view(torch.uint8), corpus.view(torch.uint8)
+    nq, dim = q.shape
+    n = corpus.shape[0]
+    kp = triton.next_power_of_2(k)
+    block_q, block_n, block_d, num_warps = _blocks(kind, kp)
+    if metric == "l2" or (kind == "int8" and metric == "cos"):
+        qi = q.to(torch.float32 if kind != "int8" else torch.int32)
+        qn = (qi * qi).sum(1, dtype=qi.dtype)
+    else:
+        qn = q  # placeholder pointer, not read
+    offset, scale = affine if affine is not None else (q, q)
+    nq_blocks = triton.cdiv(nq, block_q)
+    if splits is None:
+        splits = _splits(nq_blocks, n, block_n, corpus.device)
+    rows_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = triton.cdiv(n, rows_per_split)
+    cand = torch.empty((nq, splits, kp), dtype=torch.int64, device=q.device)
+    bad = torch.zeros((nq_blocks * splits,), dtype=torch.int32, device=q.device)
+    _search_kernel[(nq_blocks, splits)](
+        q, q.stride(0), qn, corpus, corpus.stride(0), offset, scale, cand, bad, nq, n, dim, rows_per_split,
+        KIND=_KIND[kind], METRIC=_METRIC[metric], ASYM=affine is not None, KP=kp, BLOCK_Q=block_q,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
+    )
+    keys = torch.topk(cand.view(nq, splits * kp), k, dim=1, largest=True, sorted=True).values
+    return keys, (bad.sum() if _KIND[kind] == 0 else None)
+
+
+def compile_ahead(arch: int, kind: str, metric: str, corpus_dtype: str, k: int) -> Any:
+    """Compiles the kernel for ``sm_<arch>`` without a GPU, with the launcher's tile choice (a check
+    that each specialisation lowers and fits shared memory; ``.metadata.shared`` holds the bytes).
+    ``corpus_dtype`` is a Triton pointer type name (``fp32``, ``fp16``, ``bf16``, ``i8``, ``u8``).
+    Needs Triton compiled mode (not ``TRITON_INTERPRET``) and its bundled ptxas."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kp = triton.next_power_of_2(k)
+    block_q, block_n, block_d, num_warps = _blocks(kind, kp)
+    q_ty = {0: "fp32", 1: "i8", 2: "u8"}[_KIND[kind]]
+    signature = {"q_ptr": f"*{q_ty}", "q_st": "i64", "qn_ptr": "*i32" if kind == "int8" else "*fp32",
+                 "c_ptr": f"*{corpus_dtype}", "c_st": "i64", "off_ptr": "*fp32", "scale_ptr": "*fp32",
+                 "out_ptr": "*i64", "bad_ptr": "*i32", "nq": "i32", "n": "i32", "dim": "i32",
+                 "rows_per_split": "i32"}
+    constants = dict(KIND=_KIND[kind], METRIC=_METRIC[metric], ASYM=kind == "int8_asym", KP=kp,
+                     BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d)
+    source = ASTSource(_search_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
