@@ -26,7 +26,16 @@ import functools
 from typing import Any
 
 from embedcore import _backend
-from embedcore.ops.search import _ASCENDING, _NORM_EPS, _check_k, _dtype_name, _kind, _unpack_keys
+from embedcore.ops.search import (
+    _ASCENDING,
+    _FLOAT_NAMES,
+    _NORM_EPS,
+    METRICS,
+    _check_k,
+    _dtype_name,
+    _kind,
+    _unpack_keys,
+)
 
 # Rows per block: at least this many (a block pays a few flushes of its first keys and writes k keys)
 # and at least 4 x KP, so that the candidates stay a small fraction of the corpus.
@@ -87,11 +96,13 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
 
     Raises:
         TypeError: unsupported dtype pairs (as ``search``).
-        ValueError: shapes, devices or k out of range; NaN/inf in the queries, or a non-finite float
-            score (NaN/inf in the corpus, float32 overflow).
+        ValueError: unknown metric; shapes, devices or k out of range; NaN/inf in the queries, or a
+            non-finite float score (NaN/inf in the corpus, float32 overflow).
     """
     import torch
 
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"Invalid metric {metric!r}; valid: {METRICS}")
     ext = _backend.cuda_ext()
     if ext is None or not hasattr(ext, "fused_topk") or not isinstance(queries, torch.Tensor):
         return None
@@ -112,8 +123,10 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
     if int(q.shape[1]) != dim or dim == 0:
         raise ValueError(f"corpus has dim {dim}, queries have dim {int(q.shape[1])}")
     k = _check_k(k, n)
-    cname = _dtype_name(corpus)
-    kind = _kind(_dtype_name(q), cname, metric, False)
+    qname, cname = _dtype_name(q), _dtype_name(corpus)
+    if qname in _FLOAT_NAMES and cname == "int8":  # asymmetric int8 (needs ranges): not fused
+        return None
+    kind = _kind(qname, cname, metric, False)
     fmt = _format(kind, metric, cname, ext)
     if fmt is None or k > ext.TOPK_MAX_K or n > 2**31 - 1:
         return None
