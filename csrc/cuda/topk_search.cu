@@ -16,14 +16,14 @@
 // Bandwidth (one fp16 query, the memory-bound case; goal >= 70% of HBM): the filter makes pushes
 // rare after the first rows (about k * ln(chunk / k) per block for unordered data), so the scan is
 // loads + FMAs + one __syncthreads per 256 rows: no per-row atomics, no global writes. Bytes in
-// flight come from ILP and occupancy: G is chosen so that a lane has ~4 independent 16-byte loads
-// per row (unrolled by 4), and the 1-query kernels fit 48 registers on sm_90 (<= 64 by launch
-// bounds, no spills; figures in tests/test_search_cuda.py) and ~7 KiB of shared memory (k <= 16),
-// so 5 blocks of 256 threads stay resident per SM: e.g. dim 768 (G = 16, two rows per warp) keeps
-// ~2 KiB per warp, ~80 KiB per SM in flight, well above the ~15-20 KiB Little's law asks of H100
-// HBM3 (3.35 TB/s x ~700 ns / 132 SMs). Python sizes the grid in whole waves of resident blocks
+// flight come from ILP and occupancy: G is chosen so that a lane has ~8 16-byte loads per row,
+// issued four at a time before any use (64 bytes per lane in flight); the 1-query kernels fit 64
+// registers (launch bounds, no spills; figures in tests/test_search_cuda.py) and ~7 KiB of shared
+// memory (k <= 16), so 4 blocks of 256 threads stay resident per SM: 32 warps x 2 KiB = 64 KiB in
+// flight per SM, well above the ~15-20 KiB Little's law asks of H100 HBM3 (3.35 TB/s x ~700 ns /
+// 132 SMs). Python sizes the grid in whole waves of resident blocks
 // (cudaOccupancyMaxActiveBlocksPerMultiprocessor), so no straggling last wave; the start of a
-// block (two rounds pass the empty threshold, one 512-key sort) costs ~1% of a 1 MiB chunk. Only a
+// block (two rounds pass the empty threshold, one 512-key sort) is small next to a ~1 MiB chunk. Only a
 // GPU run (benchmarks/gpu_suite.py) can confirm the figure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -233,11 +233,11 @@ __device__ void bitonic_merge_desc(int64_t* a, int n) {
 // Merges the buffered keys of one query into its kept top-kp; block-wide, entered synchronised.
 __device__ void flush(int64_t* top, int64_t* buf, int64_t* thr, int* count, int kp, int k) {
   const int cnt = *count;
-  int size = kp;  // sort only the filled part, rounded up to a power of two >= kp
+  int size = 1;  // sort only the filled part, rounded up to a power of two; the rest is padding
   while (size < cnt) size <<= 1;
-  for (int i = cnt + threadIdx.x; i < size; i += blockDim.x) buf[i] = kPad;
+  for (int i = cnt + threadIdx.x; i < max(size, kp); i += blockDim.x) buf[i] = kPad;
   __syncthreads();
-  bitonic_sort_desc(buf, size);
+  bitonic_sort_desc(buf, size);  // buf[0, kp) is now descending
   // top descending, buf[kp - 1 - i] ascending: the elementwise max is bitonic and holds the best kp.
   for (int i = threadIdx.x; i < kp; i += blockDim.x) {
     const int64_t y = buf[kp - 1 - i];
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, MAXQ == 1 ? 4 : 3) fused_topk_kernel
   const int tid = threadIdx.x;
   const int64_t q0 = int64_t(blockIdx.y) * nqb_max;
   const int nqb = int(min(int64_t(nqb_max), p.nq - q0));
-  for (int64_t t = tid; t < int64_t(nqb) * p.q_bytes; t += kThreads)
+  for (int t = tid; t < nqb * p.q_bytes; t += kThreads)  // < 48 KiB: int offsets
     sq[(t / p.q_bytes) * p.q_stride + t % p.q_bytes] = p.q[q0 * p.q_bytes + t];
   for (int t = tid; t < nqb * p.kp; t += kThreads) top[t] = kPad;
   if (tid < nqb) thr[tid] = kPad, count[tid] = 0;
@@ -310,8 +310,15 @@ __global__ void __launch_bounds__(kThreads, MAXQ == 1 ? 4 : 3) fused_topk_kernel
       if (valid) {
         const uint8_t* rp = p.c + row * row_bytes;
         const uint4* rv = reinterpret_cast<const uint4*>(rp);
-#pragma unroll 4
-        for (int v = lane; v < nvec; v += G) add_vector<F, MAXQ>(__ldg(rv + v), sq, p.q_stride, v, nqb, acc, cc);
+        int v = lane;
+        for (; v + 3 * G < nvec; v += 4 * G) {  // four loads issued before any use: bytes in flight
+          uint4 x[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) x[u] = __ldg(rv + v + u * G);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) add_vector<F, MAXQ>(x[u], sq, p.q_stride, v + u * G, nqb, acc, cc);
+        }
+        for (; v < nvec; v += G) add_vector<F, MAXQ>(__ldg(rv + v), sq, p.q_stride, v, nqb, acc, cc);
         for (int e = tail0 + lane; e < p.width; e += G) add_element<F, MAXQ>(rp, e, sq, p.q_stride, nqb, acc, cc);
       }
       for (int off = G >> 1; off > 0; off >>= 1) {  // every lane of the warp takes part
@@ -416,8 +423,9 @@ extern "C" int ec_cuda_fused_topk(int format, int metric, const void* q, const v
   p.queries = plan.queries, p.k = int(k), p.kp = plan.kp, p.buffer = plan.buffer, p.metric = metric;
   const int64_t row_bytes = width * elem_bytes(format);
   p.vec = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(c) % 16 == 0;
-  // About four 16-byte loads per lane and row (ILP), element loads coalesced across the group.
-  p.group = p.vec ? pow2_group(row_bytes / 16 / 4) : pow2_group(width);
+  // About eight 16-byte loads per lane and row, issued four at a time (so even G = 1 reads 64
+  // contiguous bytes per batch); element loads coalesced across the group.
+  p.group = p.vec ? pow2_group(row_bytes / 16 / 8) : pow2_group(width);
 
   // grid.y is capped at 65535: launch query slices in turn.
   const Kernel kernel = kernel_for(format, plan.queries);
