@@ -8,11 +8,11 @@ ptxas figures (CUDA 13.0, -O3; registers per thread, 0 bytes stack frame and 0 s
 shared memory is dynamic only, at most 48 KiB: per query, kp kept keys + max(kp, 512) buffered keys +
 the staged query; e.g. 7.3 KiB for one fp16 768-dim query with k <= 16):
     format    <format, queries>   sm_80 (1 / 8 queries)   sm_90 (1 / 8 queries)
-    hamming   <0, 1|8>            56 / 72                 56 / 71
-    int8      <1, 1|8>            53 / 64                 48 / 64
-    float16   <2, 1|8>            64 / 72                 64 / 78
-    bfloat16  <3, 1|8>            64 / 72                 64 / 78
-    float32   <4, 1|8>            63 / 72                 64 / 72
+    hamming   <0, 1|8>            56 / 70                 56 / 64
+    int8      <1, 1|8>            48 / 64                 46 / 56
+    float16   <2, 1|8>            64 / 72                 64 / 74
+    bfloat16  <3, 1|8>            64 / 72                 64 / 74
+    float32   <4, 1|8>            59 / 62                 64 / 70
 (launch bounds: <= 64 registers for 1 query, >= 4 blocks of 256 threads per SM; <= 85 for 8)
 """
 

@@ -21,15 +21,14 @@
 // registers (launch bounds, no spills; figures in tests/test_search_cuda.py) and ~7 KiB of shared
 // memory (k <= 16), so 4 blocks of 256 threads stay resident per SM: 32 warps x 2 KiB = 64 KiB in
 // flight per SM, well above the ~15-20 KiB Little's law asks of H100 HBM3 (3.35 TB/s x ~700 ns /
-// 132 SMs). Python sizes the grid in whole waves of resident blocks
-// (cudaOccupancyMaxActiveBlocksPerMultiprocessor), so no straggling last wave; the start of a
-// block (two rounds pass the empty threshold, one 512-key sort) is small next to a ~1 MiB chunk. Only a
-// GPU run (benchmarks/gpu_suite.py) can confirm the figure.
+// 132 SMs). Python sizes the grid in whole waves of resident blocks (from
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor), so there is no straggling last wave; the start of
+// a block (two rounds pass the empty threshold, one 512-key sort) is small next to its ~1 MiB chunk.
+// Only a GPU run (benchmarks/gpu_suite.py) can confirm the figure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -61,13 +60,16 @@ struct Plan {
   int64_t shared;
 };
 
+bool metric_fits(int format, int metric) {
+  if (format == EC_TOPK_HAMMING) return metric == EC_TOPK_METRIC_HAMMING;
+  if (format == EC_TOPK_INT8) return metric == EC_TOPK_METRIC_DOT || metric == EC_TOPK_METRIC_L2;
+  return metric == EC_TOPK_METRIC_DOT || metric == EC_TOPK_METRIC_COS || metric == EC_TOPK_METRIC_L2;
+}
+
 // Host-only check and sizing; no CUDA call, so bad arguments are rejected on any machine.
 bool make_plan(int format, int metric, int64_t nq, int64_t width, int64_t k, Plan* plan) {
   if (format < EC_TOPK_HAMMING || format > EC_TOPK_F32) return false;
-  const bool ok_metric = format == EC_TOPK_HAMMING   ? metric == EC_TOPK_METRIC_HAMMING
-                         : format == EC_TOPK_INT8 ? metric == EC_TOPK_METRIC_DOT || metric == EC_TOPK_METRIC_L2
-                                                  : metric >= EC_TOPK_METRIC_DOT && metric <= EC_TOPK_METRIC_L2;
-  if (!ok_metric || nq < 0 || width < 1 || k < 1 || k > EC_TOPK_MAX_K) return false;
+  if (!metric_fits(format, metric) || nq < 0 || width < 1 || k < 1 || k > EC_TOPK_MAX_K) return false;
   if (format == EC_TOPK_INT8 && width > (metric == EC_TOPK_METRIC_L2 ? kInt8L2MaxDim : kInt8DotMaxDim))
     return false;
   if (width > kSharedBudget) return false;  // keeps every byte count below in int range
@@ -98,9 +100,6 @@ struct Params {
 template <int F>
 using Acc = typename std::conditional<is_float(F), float, int>::type;
 
-// Four packed bytes as an int for dp4a.
-__device__ __forceinline__ int as_int(uint32_t x) { return int(x); }
-
 // Adds one 16-byte corpus vector (vector index v of the row) to every query's sum and to the row's
 // sum of squares.
 template <int F, int MAXQ>
@@ -110,7 +109,7 @@ __device__ __forceinline__ void add_vector(uint4 cv, const uint8_t* sq, int q_st
   if constexpr (F == EC_TOPK_HAMMING || F == EC_TOPK_INT8) {
     if constexpr (F == EC_TOPK_INT8) {
 #pragma unroll
-      for (int t = 0; t < 4; ++t) cc = __dp4a(as_int(w[t]), as_int(w[t]), cc);
+      for (int t = 0; t < 4; ++t) cc = __dp4a(int(w[t]), int(w[t]), cc);
     }
 #pragma unroll
     for (int i = 0; i < MAXQ; ++i) {
@@ -122,7 +121,7 @@ __device__ __forceinline__ void add_vector(uint4 cv, const uint8_t* sq, int q_st
         if constexpr (F == EC_TOPK_HAMMING)
           acc[i] += __popc(w[t] ^ y[t]);
         else
-          acc[i] = __dp4a(as_int(w[t]), as_int(y[t]), acc[i]);  // four signed byte products, exact
+          acc[i] = __dp4a(int(w[t]), int(y[t]), acc[i]);  // four signed byte products, exact
       }
     }
   } else {
@@ -160,7 +159,7 @@ __device__ __forceinline__ void add_vector(uint4 cv, const uint8_t* sq, int q_st
   }
 }
 
-// Element e of the row (unaligned rows and the tail after the last full vector).
+// Element e of a row that is not 16-byte aligned (or whose size is not a multiple of 16 bytes).
 template <int F, int MAXQ>
 __device__ __forceinline__ void add_element(const uint8_t* row, int e, const uint8_t* sq, int q_stride, int nqb,
                                             Acc<F> (&acc)[MAXQ], Acc<F>& cc) {
@@ -295,8 +294,7 @@ __global__ void __launch_bounds__(kThreads, MAXQ == 1 ? 4 : 3) fused_topk_kernel
   const bool ascending = p.metric == EC_TOPK_METRIC_L2 || p.metric == EC_TOPK_METRIC_HAMMING;
   const int G = p.group, lane = tid & (G - 1), groups = kThreads / G;
   const int row_bytes = p.width * elem_bytes(F);
-  const int nvec = p.vec ? row_bytes / 16 : 0;
-  const int tail0 = nvec * (16 / elem_bytes(F));  // first element not covered by vectors
+  const int nvec = row_bytes / 16;
   const int64_t begin = int64_t(blockIdx.x) * p.chunk;
   const int64_t end = min(p.n, begin + p.chunk);
   for (int64_t base = begin; base < end; base += kRound) {
@@ -309,17 +307,20 @@ __global__ void __launch_bounds__(kThreads, MAXQ == 1 ? 4 : 3) fused_topk_kernel
       A cc = 0;
       if (valid) {
         const uint8_t* rp = p.c + row * row_bytes;
-        const uint4* rv = reinterpret_cast<const uint4*>(rp);
-        int v = lane;
-        for (; v + 3 * G < nvec; v += 4 * G) {  // four loads issued before any use: bytes in flight
-          uint4 x[4];
+        if (p.vec) {
+          const uint4* rv = reinterpret_cast<const uint4*>(rp);
+          int v = lane;
+          for (; v + 3 * G < nvec; v += 4 * G) {  // four loads issued before any use: bytes in flight
+            uint4 x[4];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) x[u] = __ldg(rv + v + u * G);
+            for (int u = 0; u < 4; ++u) x[u] = __ldg(rv + v + u * G);
 #pragma unroll
-          for (int u = 0; u < 4; ++u) add_vector<F, MAXQ>(x[u], sq, p.q_stride, v + u * G, nqb, acc, cc);
+            for (int u = 0; u < 4; ++u) add_vector<F, MAXQ>(x[u], sq, p.q_stride, v + u * G, nqb, acc, cc);
+          }
+          for (; v < nvec; v += G) add_vector<F, MAXQ>(__ldg(rv + v), sq, p.q_stride, v, nqb, acc, cc);
+        } else {
+          for (int e = lane; e < p.width; e += G) add_element<F, MAXQ>(rp, e, sq, p.q_stride, nqb, acc, cc);
         }
-        for (; v < nvec; v += G) add_vector<F, MAXQ>(__ldg(rv + v), sq, p.q_stride, v, nqb, acc, cc);
-        for (int e = tail0 + lane; e < p.width; e += G) add_element<F, MAXQ>(rp, e, sq, p.q_stride, nqb, acc, cc);
       }
       for (int off = G >> 1; off > 0; off >>= 1) {  // every lane of the warp takes part
 #pragma unroll

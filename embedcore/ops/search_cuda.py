@@ -16,8 +16,9 @@ int8                               int8                   dot, l2          int32
 uint8 / int8 packed bits           same dtype             hamming          int32 distances
 =================================  =====================  ===============  ==================
 
-with ``k <= embedcore._cuda.TOPK_MAX_K`` (1024) and rows small enough for the queries of a block to
-fit in 48 KiB of shared memory (e.g. dim <= 10240 for float queries, staged as float32).
+with ``k <= embedcore._cuda.TOPK_MAX_K`` (1024) and a query small enough for 48 KiB of shared memory
+next to its keys: float queries are staged as float32, dim <= 10236 (8188 for k > 512); codes and
+packed bits up to 40944 bytes (32752 for k > 512).
 """
 
 from __future__ import annotations
