@@ -143,8 +143,7 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
     corpus = corpus.detach().contiguous()
     if kind == "float":
         q = q.to(torch.float32)
-        if not bool(torch.isfinite(q).all()):
-            raise ValueError("queries contains NaN or infinity")
+        bad_queries = ~torch.isfinite(q).all()  # read with the kernel's flag: one sync, at the end
         if metric == "cos":
             q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
     elif kind == "hamming":  # int8 binary = ubinary - 128 on both sides: the same bits differ
@@ -179,10 +178,14 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
     keys = candidates.view(nq, n_blocks * k)
     if n_blocks > 1:
         keys = torch.topk(keys, k, dim=1, largest=True, sorted=True).values
-    if kind == "float" and bool(nonfinite.item()):
-        raise ValueError("corpus contains NaN or infinity (or a score overflows float32)")
     ascending = metric in _ASCENDING
     scores, indices = _unpack_keys(keys, torch.float32 if kind == "float" else torch.int32, ascending)
+    if kind == "float":
+        queries_bad, corpus_bad = torch.stack([bad_queries, nonfinite[0] != 0]).tolist()
+        if queries_bad:
+            raise ValueError("queries contains NaN or infinity")
+        if corpus_bad:
+            raise ValueError("corpus contains NaN or infinity (or a score overflows float32)")
     if single:
         return scores[0], indices[0]
     return scores, indices
