@@ -303,6 +303,9 @@ def test_every_isa(isa, rng, kind, metric, nq, d):
     ("int8_asym", "dot", 5, 24_000, 385),
     ("hamming", "hamming", 64, 9_000, 130),
     ("hamming", "hamming", 3, 70_000, 130),
+    ("hamming", "hamming", 1, 90_000, 100),  # one query: popcounts, corpus split across threads
+    ("hamming", "hamming", 8, 90_000, 100),  # fast-scan tables, corpus split
+    ("hamming", "hamming", 40, 9_000, 48),   # fast-scan tables, query blocks split
 ])
 def test_one_and_two_threads_agree_bit_for_bit(rng, monkeypatch, kind, metric, nq, n, d):
     if kind == "bfloat16":
@@ -412,5 +415,39 @@ def test_hamming_query_blocks_every_isa(rng, isa, nq, n, nbytes):
     c[1::5] = 255
     scores, indices = ec.search(q, c, k=n, metric="hamming")
     es, ei = search_reference(q, c, n, "hamming")
+    np.testing.assert_array_equal(scores, es)
+    np.testing.assert_array_equal(indices, ei)
+
+
+@pytest.mark.parametrize("nq", [1, 7, 8, 9, 13, 33, 70])
+@pytest.mark.parametrize("n,nbytes", [(1, 1), (31, 3), (32, 16), (33, 17), (64, 47), (65, 48), (97, 40),
+                                      (129, 64), (200, 100), (70, 32), (70, 96), (70, 128), (66, 600)])
+def test_hamming_fast_scan_every_isa(rng, isa, nq, n, nbytes):
+    # From 8 queries AVX2 scores nibbles of 32-row groups by table lookups (4-query blocks over whole
+    # 64-row tiles, one query at a time otherwise), fewer queries take the popcount kernels (unrolled
+    # for 32/48/64/96/128 bytes): partial groups and tiles, 16-byte chunk padding, byte sums widened
+    # every 63 nibbles, ties from a few byte values.
+    levels = rng.integers(0, 256, size=3, dtype=np.uint8)
+    q = levels[rng.integers(0, 3, size=(nq, nbytes))]
+    c = levels[rng.integers(0, 3, size=(n, nbytes))]
+    c[::7] = q[0]
+    for k in sorted({1, min(10, n), n}):
+        scores, indices = ec.search(q, c, k=k, metric="hamming")
+        es, ei = search_reference(q, c, k, "hamming")
+        np.testing.assert_array_equal(scores, es)
+        np.testing.assert_array_equal(indices, ei)
+
+
+@pytest.mark.parametrize("nbytes", [4096, 4097])
+def test_hamming_fast_scan_widest_codes(rng, isa, nbytes):
+    # 4096 bytes is the widest fast-scan code: distances up to 32768 need unsigned 16-bit sums.
+    # Wider codes take the popcount kernels.
+    q = np.zeros((9, nbytes), dtype=np.uint8)
+    q[1::2] = 255
+    c = rng.integers(0, 256, size=(70, nbytes), dtype=np.uint8)
+    c[::4], c[1::4] = 255, 0
+    scores, indices = ec.search(q, c, k=70, metric="hamming")
+    es, ei = search_reference(q, c, 70, "hamming")
+    assert scores.max() == 8 * nbytes
     np.testing.assert_array_equal(scores, es)
     np.testing.assert_array_equal(indices, ei)
