@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as _dt
 import functools
 import importlib
@@ -987,11 +988,45 @@ SEARCH_CASES = [
 ]
 
 
+# Device search backends (EMBEDCORE_GPU_SEARCH): every check and timing runs through each.
+SEARCH_BACKENDS = ("triton", "torch")
+
+
+@contextlib.contextmanager
+def gpu_search_backend(backend: str) -> Any:
+    """``EMBEDCORE_GPU_SEARCH=backend`` for the duration of the block."""
+    before = os.environ.get("EMBEDCORE_GPU_SEARCH")
+    os.environ["EMBEDCORE_GPU_SEARCH"] = backend
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["EMBEDCORE_GPU_SEARCH"]
+        else:
+            os.environ["EMBEDCORE_GPU_SEARCH"] = before
+
+
+def device_search(suite: Suite, backend: str, q: Any, c: Any, k: int, metric: str, ranges: Any = None) -> Any:
+    """``ec.search`` of device tensors through one device backend. A dry run calls the device path
+    itself: ``ec.search`` would take CPU tensors to ``embedcore._C``."""
+    import embedcore as ec
+    from embedcore.ops import search as search_op
+
+    with gpu_search_backend(backend):
+        if not suite.dry:
+            kwargs = {} if ranges is None else {"ranges": suite.torch.from_numpy(ranges).to(suite.device)}
+            return ec.search(q, c, k=k, metric=metric, **kwargs)
+        names = (str(t.dtype).removeprefix("torch.") for t in (q, c))
+        kind = search_op._kind(*names, metric, ranges is not None)
+        return search_op._search_torch(q, c, k, metric, kind, ranges)
+
+
 def _search_case(
     suite: Suite, q: Any, c: Any, dtype: str, k: int, metric: str, ranges: Any, exact: bool
 ) -> str:
-    """``ec.search`` on device tensors (and, in a dry run, the CUDA code path on CPU tensors) against
-    the numpy reference: exact for integer arithmetic, else within fp32 rounding."""
+    """``ec.search`` on device tensors (the default backend), then the device path through each of
+    :data:`SEARCH_BACKENDS`, against the numpy reference: exact for integer arithmetic, else within
+    fp32 rounding. The Triton backend serves k <= 256; above, it runs the torch path (its dispatch)."""
     import numpy as np
 
     import embedcore as ec
@@ -1004,11 +1039,8 @@ def _search_case(
         tq, tc = tq.to(getattr(torch, dtype)), tc.to(getattr(torch, dtype))
     kwargs = {"ranges": torch.from_numpy(ranges).to(suite.device)} if ranges is not None else {}
     paths = [("ec.search", ec.search(tq, tc, k=k, metric=metric, **kwargs))]
-    if suite.dry:  # the device path (PyTorch blocks + exact keys; _cuda on a GPU) on CPU tensors
-        kind = search_op._kind(
-            *(str(t.dtype).removeprefix("torch.") for t in (tq, tc)), metric, ranges is not None
-        )
-        paths.append(("device path", search_op._search_torch(tq, tc, k, metric, kind, ranges)))
+    for backend in SEARCH_BACKENDS:
+        paths.append((f"{backend} backend", device_search(suite, backend, tq, tc, k, metric, ranges)))
     rs, ri = search_op.search_reference(q, c, k, metric, ranges)
     # fp32 accumulation vs the float64 reference: a relative tolerance unless the arithmetic is exact.
     tol = 0 if exact else 1e-5 * max(1.0, float(np.abs(rs.astype(np.float64)).max()))
@@ -1069,6 +1101,7 @@ def timings_search(suite: Suite) -> None:
             corpus = torch.randn(n, width, device=suite.device, dtype=torch.float16)
             queries = [torch.randn(1, width, device=suite.device, dtype=torch.float16) for _ in range(3)]
             ours_fn = lambda q, c=corpus: ec.search(q, c, k=k, metric="dot")
+            backend_fn = lambda b, q, c=corpus: device_search(suite, b, q, c, k, "dot")
 
             def base_fn(q: Any, c: Any = corpus) -> Any:
                 return torch.topk(torch.mm(c, q.T).squeeze(1), k)
@@ -1082,6 +1115,7 @@ def timings_search(suite: Suite) -> None:
                 padded[:, 0] = q[0]
                 queries.append((q, padded))
             ours_fn = lambda p, c=corpus: ec.search(p[0], c, k=k, metric="dot")
+            backend_fn = lambda b, p, c=corpus: device_search(suite, b, p[0], c, k, "dot")
             try:
                 torch._int_mm(corpus, queries[0][1])
 
@@ -1100,6 +1134,7 @@ def timings_search(suite: Suite) -> None:
                 [bin(i).count("1") for i in range(256)], device=suite.device, dtype=torch.int16
             )
             ours_fn = lambda q, c=corpus: ec.search(q, c, k=k, metric="hamming")
+            backend_fn = lambda b, q, c=corpus: device_search(suite, b, q, c, k, "hamming")
 
             def base_fn(q: Any, c: Any = corpus, table: Any = table) -> Any:
                 return torch.topk(table[(c ^ q).int()].sum(1), k, largest=False)
@@ -1108,10 +1143,13 @@ def timings_search(suite: Suite) -> None:
         shape = f"N={n} dim={dim} nq=1 k={k} ({nbytes / 2**30:.2f} GiB)"
         group = f"search: {fmt} nq=1 {nbytes / 2**30:.2f} GiB"
         ours = suite.time_fn(ours_fn, queries)
+        per_backend = {b: suite.time_fn(functools.partial(backend_fn, b), queries) for b in SEARCH_BACKENDS}
         base = suite.time_fn(base_fn, queries)
         suite.add_row(
             "search", "embedcore", shape, fmt, ours, group, nbytes, "GB/s", "copy GB/s", ceiling_goal=0.7
         )
+        for b, times in per_backend.items():
+            suite.add_row("search", f"embedcore-{b}", shape, fmt, times, group, nbytes, "GB/s", "copy GB/s")
         suite.add_row("search", "torch", shape, fmt, base, group, nbytes, "GB/s", "copy GB/s")
         del corpus, queries
     # 1024 fp16 queries: compute bound, judged against the matmul rate; goal 1.5x torch.mm + topk.
@@ -1122,10 +1160,17 @@ def timings_search(suite: Suite) -> None:
     shape = f"N={n} dim={dim} nq={nq} k={k}"
     group = f"search: float16 nq={nq} N={n}"
     ours = suite.time_fn(lambda q: ec.search(q, corpus, k=k, metric="dot"), sets)
+    per_backend = {
+        b: suite.time_fn(lambda q, b=b: device_search(suite, b, q, corpus, k, "dot"), sets)
+        for b in SEARCH_BACKENDS
+    }
     base = suite.time_fn(lambda q: torch.topk(torch.mm(q, corpus.T), k, dim=1), sets)
     suite.add_row(
         "search", "embedcore", shape, "float16", ours, group, flops, "TFLOP/s", "matmul TFLOP/s", goal=1.5
     )
+    for b, times in per_backend.items():
+        suite.add_row("search", f"embedcore-{b}", shape, "float16", times, group, flops, "TFLOP/s",
+                      "matmul TFLOP/s")
     suite.add_row("search", "torch", shape, "float16", base, group, flops, "TFLOP/s", "matmul TFLOP/s")
 
 
@@ -1434,7 +1479,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lines = summarize(rows)
     by_group = {(r["group"], r["provider"]): r for r in rows}
     for line in lines:
-        row = by_group.get((line["group"], "embedcore"), {})
+        row = by_group.get((line["group"], line["provider"]), {})
         line.update(
             achieved=row.get("achieved"),
             unit=row.get("unit"),
@@ -1461,8 +1506,10 @@ def format_summary(lines: list[dict[str, Any]]) -> str:
         goals += [f"{100 * line['ceiling_goal']:.0f}%"] if line["ceiling_goal"] is not None else []
         met = "-" if line["met"] is None else ("yes" if line["met"] else "NO")
         ratio = "-" if line["ratio"] is None else f"{line['ratio']:.2f}"
+        variant = line["provider"] not in (None, "embedcore")  # e.g. embedcore-triton: one backend
+        label = f"{line['group']} [{line['provider']}]" if variant else line["group"]
         out.append(
-            f"{line['group']:<46} {line['baseline'] or '-':<20} {format_time(line['baseline_median']):>9} "
+            f"{label:<46} {line['baseline'] or '-':<20} {format_time(line['baseline_median']):>9} "
             f"{format_time(line['embedcore_median']):>9} {ratio:>6} {', '.join(goals) or '-':>10} {met:>4} "
             f"{rate:>16} {frac:>10}"
         )

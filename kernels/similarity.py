@@ -167,7 +167,7 @@ def _ordered_float(s):
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-@triton.jit(do_not_specialize=["nq", "n", "dim", "rows_per_split"])
+@triton.jit(do_not_specialize=["nq", "n", "rows_per_split"])
 def _search_kernel(q_ptr, q_st, qn_ptr, c_ptr, c_st, off_ptr, scale_ptr, out_ptr, bad_ptr,
                    nq, n, dim, rows_per_split,
                    KIND: tl.constexpr, METRIC: tl.constexpr, ASYM: tl.constexpr, KP: tl.constexpr,
@@ -226,17 +226,23 @@ def _search_kernel(q_ptr, q_st, qn_ptr, c_ptr, c_st, off_ptr, scale_ptr, out_ptr
         tl.store(bad_ptr + pid_q * n_splits + split, tl.sum(bad))
 
 
+# (BLOCK_Q, num_warps) per format and KP class (<= 64, 128, 256): sm_90 builds of dims and strides that
+# are multiples of 16 stay within 255 registers without spills (ptxas figures, cuobjdump): about
+# 180-210 registers for float (tf32x3 keeps three operand splits), 160-225 for int8, 100-250 for bits.
+_TILES = {
+    "float": ((32, 8), (16, 8), (16, 8)),
+    "int8": ((32, 4), (32, 8), (16, 8)),
+    "hamming": ((16, 4), (16, 4), (16, 8)),
+}
+
+
 def _blocks(kind: str, kp: int) -> tuple[int, int, int, int]:
-    """(BLOCK_Q, BLOCK_N, BLOCK_D, num_warps). BLOCK_N >= KP (the tile's top-KP); the keys tile, the
-    running list and the accumulator stay near 100 registers per thread."""
-    block_n = max(64, kp)
-    block_q = 32 if kp <= 64 else 16
-    if kind == "hamming":
-        # (BLOCK_Q, BLOCK_N, BLOCK_D / 4) XOR words per chunk.
-        block_q, block_d = 16, 16
-    else:
-        block_d = 64 if kind == "int8" else 32
-    return block_q, block_n, block_d, 4 if block_n <= 128 else 8
+    """(BLOCK_Q, BLOCK_N, BLOCK_D, num_warps). BLOCK_N = max(64, KP): a tile yields its top KP."""
+    family = "float" if kind == "int8_asym" else kind
+    block_q, num_warps = _TILES[family][0 if kp <= 64 else (1 if kp == 128 else 2)]
+    # dim chunk: 32 fp32 (128 B of a row), 64 int8 codes, 16 bytes = four 32-bit words of bits
+    block_d = {"float": 32, "int8": 64, "hamming": 16}[family]
+    return block_q, max(64, kp), block_d, num_warps
 
 
 def _splits(nq_blocks: int, n: int, block_n: int, device: torch.device) -> int:
@@ -299,11 +305,13 @@ def search_fwd(q: Any, corpus: Any, k: int, metric: str, kind: str, affine: tupl
     return keys, (bad.sum() if _KIND[kind] == 0 else None)
 
 
-def compile_ahead(arch: int, kind: str, metric: str, corpus_dtype: str, k: int) -> Any:
+def compile_ahead(arch: int, kind: str, metric: str, corpus_dtype: str, k: int, aligned: bool = True) -> Any:
     """Compiles the kernel for ``sm_<arch>`` without a GPU, with the launcher's tile choice (a check
     that each specialisation lowers and fits shared memory; ``.metadata.shared`` holds the bytes).
-    ``corpus_dtype`` is a Triton pointer type name (``fp32``, ``fp16``, ``bf16``, ``i8``, ``u8``).
-    Needs Triton compiled mode (not ``TRITON_INTERPRET``) and its bundled ptxas."""
+    ``corpus_dtype`` is a Triton pointer type name (``fp32``, ``fp16``, ``bf16``, ``i8``, ``u8``);
+    ``aligned`` compiles the specialisation the launcher gets for dims and row strides that are
+    multiples of 16 (vector loads). Needs Triton compiled mode (not ``TRITON_INTERPRET``) and its
+    bundled ptxas."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -316,5 +324,9 @@ def compile_ahead(arch: int, kind: str, metric: str, corpus_dtype: str, k: int) 
                  "rows_per_split": "i32"}
     constants = dict(KIND=_KIND[kind], METRIC=_METRIC[metric], ASYM=kind == "int8_asym", KP=kp,
                      BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d)
-    source = ASTSource(_search_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants)
+    names = list(signature)
+    divisible = [n for n in names if n.endswith("_ptr")] + (["q_st", "c_st", "dim"] if aligned else [])
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    source = ASTSource(_search_kernel, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
