@@ -51,8 +51,9 @@ struct KernelTable {
                                int64_t nbytes, const int32_t* bound, int32_t* out, uint64_t* cand);
 };
 
-// Rows padded to 16-byte chunks of 32 nibbles; 16-bit sums bound the width (8 bits x 4096 < 2^16).
-constexpr int64_t kMaxNibbleBytes = 4096;
+// Rows padded to 16-byte chunks of 32 nibbles. Measured: wider codes (a tile's nibbles past 128 KB)
+// score faster by words; 16-bit sums would allow up to 8191 bytes.
+constexpr int64_t kMaxNibbleBytes = 1024;
 inline int64_t hamming_nibble_positions(int64_t nbytes) { return 32 * ((nbytes + 15) / 16); }
 
 const KernelTable& scalar_kernels();

@@ -405,10 +405,12 @@ def test_native_topk_split_rows_agree(rng, threads):
     np.testing.assert_array_equal(values[0], scores[0, order])
 
 
-@pytest.mark.parametrize("nq,n,nbytes", [(4, 1, 1), (5, 67, 5), (33, 130, 48), (6, 75, 249), (4, 40, 600)])
+@pytest.mark.parametrize("nq,n,nbytes", [(4, 1, 1), (5, 67, 5), (33, 130, 48), (6, 75, 249), (4, 40, 600),
+                                         (4, 40, 1100)])
 def test_hamming_query_blocks_every_isa(rng, isa, nq, n, nbytes):
-    # Query blocks take the transposed tiles (AVX2: VPSHUFB counts over 4-row words, flushed every 31
-    # words; AVX-512: VPOPCNTQ): partial words, partial row groups, long codes, ties.
+    # Query blocks take the transposed tiles (AVX2: fast-scan nibbles up to 1024 bytes, VPSHUFB counts
+    # over 4-row words beyond, flushed every 31 words; AVX-512: VPOPCNTQ): partial words, partial row
+    # groups, long codes, ties.
     q = rng.integers(0, 256, size=(nq, nbytes), dtype=np.uint8)
     c = rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
     c[::3] = q[0]
@@ -438,10 +440,10 @@ def test_hamming_fast_scan_every_isa(rng, isa, nq, n, nbytes):
         np.testing.assert_array_equal(indices, ei)
 
 
-@pytest.mark.parametrize("nbytes", [4096, 4097])
+@pytest.mark.parametrize("nbytes", [1024, 1025])
 def test_hamming_fast_scan_widest_codes(rng, isa, nbytes):
-    # 4096 bytes is the widest fast-scan code: distances up to 32768 need unsigned 16-bit sums.
-    # Wider codes take the popcount kernels.
+    # 1024 bytes is the widest fast-scan code (all-ones vs zeros: the largest 16-bit sums); wider
+    # codes take the word kernels.
     q = np.zeros((9, nbytes), dtype=np.uint8)
     q[1::2] = 255
     c = rng.integers(0, 256, size=(70, nbytes), dtype=np.uint8)
