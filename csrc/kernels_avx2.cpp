@@ -262,10 +262,52 @@ inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_
   for (int b = 0; b < RN; ++b) out[b] = int32_t(acc[b]);
 }
 
+// Two rows of NW words: VPSHUFB nibble counts over the 32-byte chunks, POPCNT over the words left.
+// Beside micro_hamming on other rows it keeps the vector units busy as well as the integer ones.
+template <int NW>
+inline void micro_hamming_vec2(const uint8_t* q, const uint8_t* c, int32_t* out) {
+  static_assert(NW >= 4 && NW < 128, "byte counts of NW / 4 chunks stay below 256");
+  constexpr int64_t nb = 8 * NW;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                       2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  auto count = [&](__m256i x) {
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+  };
+  __m256i b0 = zero, b1 = zero;
+  for (int64_t t = 0; t + 32 <= nb; t += 32) {
+    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + t));
+    b0 = _mm256_add_epi8(b0, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + t)))));
+    b1 = _mm256_add_epi8(
+        b1, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + nb + t)))));
+  }
+  const __m256i s0 = _mm256_sad_epu8(b0, zero), s1 = _mm256_sad_epu8(b1, zero);
+  const __m256i t2 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(t2), _mm256_extracti128_si256(t2, 1));
+  uint64_t acc0 = uint64_t(_mm_cvtsi128_si64(s)), acc1 = uint64_t(_mm_extract_epi64(s, 1));
+  for (int64_t t = 32 * (NW / 4); t < nb; t += 8) {
+    uint64_t x, y0, y1;
+    __builtin_memcpy(&x, q + t, 8);
+    __builtin_memcpy(&y0, c + t, 8);
+    __builtin_memcpy(&y1, c + nb + t, 8);
+    acc0 += uint64_t(_mm_popcnt_u64(x ^ y0));
+    acc1 += uint64_t(_mm_popcnt_u64(x ^ y1));
+  }
+  out[0] = int32_t(acc0);
+  out[1] = int32_t(acc1);
+}
+
 template <int NW>
 void tile_hamming_popcnt(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
   for (int64_t i = 0; i < nq; ++i) {
     int64_t j = 0;
+    if constexpr (NW >= 4)
+      for (; j + 4 <= nr; j += 4) {
+        micro_hamming<2, NW>(q + i * nb, c + j * nb, nb, out + i * nr + j);
+        micro_hamming_vec2<NW>(q + i * nb, c + (j + 2) * nb, out + i * nr + j + 2);
+      }
     for (; j + 4 <= nr; j += 4) micro_hamming<4, NW>(q + i * nb, c + j * nb, nb, out + i * nr + j);
     for (; j < nr; ++j) micro_hamming<1, NW>(q + i * nb, c + j * nb, nb, out + i * nr + j);
   }
