@@ -45,7 +45,8 @@ struct KernelTable {
   // nibble p XOR v (hamming_nibble_tables). Corpus rows become groups of 32: nib[(g * P + p) * 32 + r]
   // = nibble p of row 32 g + r (zero past nr), for ceil(nr / 32) groups.
   void (*hamming_nibble_rows)(const uint8_t* c, int64_t nr, int64_t nbytes, uint8_t* nib);
-  // out[i * nr + j] = Hamming distance of query i (tables + i * P * 16) to row j, for nr <= 64 rows;
+  // out[i * nr + j] = Hamming distance of query i (tables + i * P * 16) to row j, for nr <= 64 rows
+  // and nbytes <= kMaxNibbleBytes;
   // bit j of cand[i] is set when it is <= bound[i] (a row that may enter query i's heap).
   void (*tile_hamming_nibbles)(const uint8_t* tables, int64_t nq, const uint8_t* nib, int64_t nr,
                                int64_t nbytes, const int32_t* bound, int32_t* out, uint64_t* cand);

@@ -21,7 +21,7 @@ constexpr int64_t kQueryBlock = 8;   // queries per tile (scorers may ask for mo
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
 constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
 constexpr int64_t kFusedInt8MaxQueries = 16;  // measured break-even with the dequantised tile
-constexpr int64_t kHammingNibbleMinQueries = 4;  // measured: 3 queries are a tie with popcounts
+constexpr int64_t kHammingNibbleMinQueries = 4;  // measured: popcounts win up to 3 queries
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
 
 // Pushes a (nqb, nr) tile of scores for corpus rows base.. into heaps[0..nqb). Returns false when a
