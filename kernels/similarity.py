@@ -187,7 +187,8 @@ def _search_kernel(q_ptr, q_st, qn_ptr, c_ptr, c_st, off_ptr, scale_ptr, out_ptr
     start = split.to(tl.int64) * rows_per_split
     end = tl.minimum(start + rows_per_split, n)
     best = tl.full((BLOCK_Q, KP), _PAD_KEY, dtype=tl.int64)
-    bad = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+    if KIND == 0:
+        bad = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
     for n0 in range(start, end, BLOCK_N):
         rows = tl.arange(0, BLOCK_N).to(tl.int64) + n0
         r_ok = rows < end
@@ -281,6 +282,8 @@ def search_fwd(q: Any, corpus: Any, k: int, metric: str, kind: str, affine: tupl
         q, corpus = q.view(torch.uint8), corpus.view(torch.uint8)
     nq, dim = q.shape
     n = corpus.shape[0]
+    if nq == 0:
+        return torch.empty((0, k), dtype=torch.int64, device=q.device), None
     kp = triton.next_power_of_2(k)
     block_q, block_n, block_d, num_warps = _blocks(kind, kp)
     if metric == "l2" or (kind == "int8" and metric == "cos"):

@@ -204,6 +204,13 @@ def test_score_overflow_is_rejected(triton_backend):
         _run(qt, ct, 3, "dot", None)
 
 
+@pytest.mark.parametrize("fmt,metric", [("float32", "cos"), ("int8", "l2"), ("hamming", "hamming")])
+def test_empty_query_batch(rng, triton_backend, fmt, metric):
+    _, _, _, qt, ct = _inputs(rng, fmt, 0, 40, None)
+    scores, indices = _run(qt, ct, 5, metric, None)
+    assert scores.shape == indices.shape == (0, 5)
+
+
 def test_zero_vectors_cos(triton_backend):
     qt = torch.zeros((2, 20))
     qt[1, 0] = 1.0
