@@ -14,15 +14,17 @@ mapped to an order-preserving int32 (float bits with the magnitude flipped for n
 (``-ordered - 1``) for ``l2``/``hamming``. Keys are unique and their descending order is the ranking
 (best score first, ties toward the lower index), so top-k on keys is exact.
 
-Layout: grid (query blocks of ``BLOCK_Q``, corpus splits). A program walks its split in tiles of
-``BLOCK_N`` rows; each (BLOCK_Q, BLOCK_N) score tile is a ``tl.dot`` over ``BLOCK_D`` chunks of the
-dimension (float corpora as fp32 with ``tf32x3``: three tensor-core products, about fp32 accuracy;
-int8 x int8 with exact int32 accumulation) or an XOR + popcount on 32-bit words of packed bits. The
-program keeps the best ``KP`` keys per query (``KP`` = next power of two >= k) sorted in registers: a
-tile that beats the current KP-th key of some query is reduced with the bitonic ``tl.topk`` and
-merged as ``bitonic_merge(max(best, flip(tile_top)))`` (the top KP of two sorted lists form a bitonic
-sequence). Programs write (nq, splits, KP) candidate keys; ``torch.topk`` over a query's candidates
-gives the exact top-k. Float programs also count non-finite scores (NaN/inf corpus rows, overflow).
+Layout: grid (query blocks of ``BLOCK_Q``, corpus splits: about 4 programs per SM). A program walks
+its split in tiles of ``BLOCK_N`` rows; each (BLOCK_Q, BLOCK_N) score tile is a ``tl.dot`` over
+``BLOCK_D`` chunks of the dimension (float corpora as fp32 with ``tf32x3``: three tensor-core
+products, about fp32 accuracy; int8 x int8 with exact int32 accumulation) or an XOR + popcount on
+32-bit words of packed bits. The program keeps the best ``KP`` keys per query (``KP`` = next power of
+two >= k <= 256, ``BLOCK_N >= KP``) sorted in registers. A tile that beats the current KP-th key of
+some query is reduced to its top KP by a bitonic top-k (the algorithm of ``tl.topk``, compare-exchange
+written as max/min over length-2 axes) and merged: ``max(best, tile_top ascending)`` holds the top KP
+of both as a bitonic sequence, which one bitonic merge sorts. Programs write (nq, splits, KP)
+candidate keys (padding keys lose to every real key); ``torch.topk`` over a query's candidates gives
+the exact top-k. Float programs also count non-finite scores (NaN/inf corpus rows, overflow).
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ sentence-transformers' ``ubinary - 128``: the shift is undone before counting bi
 
 numpy arrays and CPU tensors run in ``embedcore._C`` (GIL released): score tiles from per-ISA
 kernels pushed straight into per-query heaps, never the full score matrix. CUDA tensors with
-k <= 256 run the fused Triton scan (``embedcore.kernels.similarity``: score tiles and a running
-top-k in registers); larger k, or ``EMBEDCORE_GPU_SEARCH=torch``, scores corpus blocks (cuBLAS for
-floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and ranks them with
-``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
+k <= 256 run the fused Triton scan when triton is installed (``embedcore.kernels.similarity``:
+score tiles and a running top-k in registers); larger k, or ``EMBEDCORE_GPU_SEARCH=torch``, scores
+corpus blocks (cuBLAS for floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and
+ranks them with ``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
 numpy for numpy queries and tensors on the queries' device for tensor queries.
 """
 
