@@ -180,6 +180,39 @@ def test_grid_is_sized_in_whole_waves(n, groups, min_rows, slots, expected):
     assert sc._n_blocks(n, groups, min_rows, slots) == expected
 
 
+def test_cuda_backend_dispatch(monkeypatch):
+    """EMBEDCORE_GPU_SEARCH=cuda asks the fused kernels first (not for float x int8 codes, which they
+    do not cover) and keeps the general path when they decline; other values never ask them."""
+    import torch
+
+    from embedcore.ops import search as search_op
+
+    asked = []
+
+    def fake(queries, corpus, k, metric):
+        asked.append((str(corpus.dtype), k, metric))
+        return None  # declined: the general path answers
+
+    monkeypatch.setattr(sc, "search_cuda", fake)
+    gen = np.random.default_rng(5)
+    q = torch.from_numpy(gen.integers(-3, 4, size=(2, 20)).astype(np.float32))
+    c = torch.from_numpy(gen.integers(-3, 4, size=(60, 20)).astype(np.float32))
+    expected = search_reference(q.numpy(), c.numpy(), 4, "dot")
+    monkeypatch.setenv("EMBEDCORE_GPU_SEARCH", "cuda")
+    scores, idx = search_op._search_torch(q, c, 4, "dot", "float", None)
+    np.testing.assert_array_equal(scores.numpy(), expected[0])
+    np.testing.assert_array_equal(idx.numpy(), expected[1])
+    assert asked == [("torch.float32", 4, "dot")]
+    codes = torch.from_numpy(gen.integers(-128, 128, size=(60, 20)).astype(np.int8))
+    ranges = np.stack([np.full(20, -1.0), np.full(20, 1.0)]).astype(np.float32)
+    search_op._search_torch(q, codes, 4, "dot", "int8_asym", ranges)
+    assert len(asked) == 1
+    for value in ("auto", "torch"):
+        monkeypatch.setenv("EMBEDCORE_GPU_SEARCH", value)
+        search_op._search_torch(q, c, 4, "dot", "float", None)
+    assert len(asked) == 1
+
+
 def _ptxas_report(arch: str) -> str:
     nvcc = shutil.which("nvcc")
     if nvcc is None:

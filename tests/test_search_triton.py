@@ -175,7 +175,7 @@ def test_auto_follows_forced_reference(rng, monkeypatch, calls):
     assert calls == []
 
 
-@pytest.mark.parametrize("value", ["cuda", "TRITONN", "1"])
+@pytest.mark.parametrize("value", ["cudaa", "TRITONN", "1"])
 def test_bad_backend_value(rng, monkeypatch, value):
     _, _, _, qt, ct = _inputs(rng, "float32", 3, 100, None)
     monkeypatch.setenv("EMBEDCORE_GPU_SEARCH", value)

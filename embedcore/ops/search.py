@@ -26,8 +26,10 @@ kernels pushed straight into per-query heaps, never the full score matrix. CUDA 
 k <= 256 run the fused Triton scan when triton is installed (``embedcore.kernels.similarity``:
 score tiles and a running top-k in registers); larger k, or ``EMBEDCORE_GPU_SEARCH=torch``, scores
 corpus blocks (cuBLAS for floats, ``embedcore._cuda`` popc/dp4a kernels for Hamming and int8) and
-ranks them with ``torch.topk`` on unique int64 (score, index) keys, so k is not capped. Outputs are
-numpy for numpy queries and tensors on the queries' device for tensor queries.
+ranks them with ``torch.topk`` on unique int64 (score, index) keys, so k is not capped.
+``EMBEDCORE_GPU_SEARCH=cuda`` runs the fused CUDA kernels of ``embedcore.ops.search_cuda`` (block
+top-k in shared memory, k <= 1024) where they apply. Outputs are numpy for numpy queries and tensors
+on the queries' device for tensor queries.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ _CUDA_MAX_WIDTH = 6144
 _CUDA_MAX_QUERIES = 8 * 65535
 # Device search backends (EMBEDCORE_GPU_SEARCH) and the largest k of the Triton path
 # (embedcore.kernels.similarity.MAX_K; kept here so the dispatch does not import triton).
-GPU_SEARCH_BACKENDS = ("auto", "triton", "torch")
+GPU_SEARCH_BACKENDS = ("auto", "triton", "cuda", "torch")
 TRITON_MAX_K = 256
 
 
@@ -339,7 +341,7 @@ def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, 
 
 
 def _gpu_search_backend() -> str:
-    """``EMBEDCORE_GPU_SEARCH``: ``auto`` (default), ``triton`` or ``torch``."""
+    """``EMBEDCORE_GPU_SEARCH``: ``auto`` (default), ``triton``, ``cuda`` or ``torch``."""
     value = os.environ.get("EMBEDCORE_GPU_SEARCH", "auto").strip().lower() or "auto"
     if value not in GPU_SEARCH_BACKENDS:
         raise ValueError(f"EMBEDCORE_GPU_SEARCH must be one of {GPU_SEARCH_BACKENDS}, got {value!r}")
@@ -351,7 +353,7 @@ def _use_triton_search(corpus: Any, k: int) -> bool:
     picks it when Triton runs here (compiled for a CUDA tensor, or the interpreter), as long as k fits
     its register-resident top-k and the corpus is not float64; otherwise the blocked torch path runs."""
     backend = _gpu_search_backend()
-    if backend == "torch" or k > TRITON_MAX_K or _dtype_name(corpus) == "float64":
+    if backend in ("torch", "cuda") or k > TRITON_MAX_K or _dtype_name(corpus) == "float64":
         return False
     if backend == "triton":
         if not _backend.triton_available():
@@ -396,6 +398,14 @@ def _search_torch(
     picks). Works on any device; the CPU runs it only in tests (Triton through its interpreter)."""
     import torch
 
+    # The fused CUDA kernels (embedcore.ops.search_cuda) only on request until a GPU run has
+    # measured them against the Triton scan; they decline (None) what they do not cover.
+    if kind != "int8_asym" and _gpu_search_backend() == "cuda":
+        from embedcore.ops.search_cuda import search_cuda
+
+        fused = search_cuda(queries, corpus, k, metric)
+        if fused is not None:
+            return fused
     score_dtype = torch.float32 if _score_dtype(kind, metric) == np.float32 else torch.int32
     if kind in ("float", "int8_asym"):
         q = queries.to(torch.float32)
