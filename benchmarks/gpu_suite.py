@@ -318,7 +318,7 @@ def track_triton_launches(suite: Suite) -> None:
 
 
 # Functions of embedcore._cuda that query the runtime rather than launch a kernel.
-CUDA_QUERIES = ("device_count", "runtime_version")
+CUDA_QUERIES = ("device_count", "runtime_version", "topk_plan", "topk_blocks_per_sm")
 
 
 def cuda_entry_points() -> list[str]:
@@ -989,7 +989,7 @@ SEARCH_CASES = [
 
 
 # Device search backends (EMBEDCORE_GPU_SEARCH): every check and timing runs through each.
-SEARCH_BACKENDS = ("triton", "torch")
+SEARCH_BACKENDS = ("triton", "cuda", "torch")
 
 
 @contextlib.contextmanager
@@ -1026,7 +1026,8 @@ def _search_case(
 ) -> str:
     """``ec.search`` on device tensors (the default backend), then the device path through each of
     :data:`SEARCH_BACKENDS`, against the numpy reference: exact for integer arithmetic, else within
-    fp32 rounding. The Triton backend serves k <= 256; above, it runs the torch path (its dispatch)."""
+    fp32 rounding. The Triton backend serves k <= 256 and the fused CUDA kernels k <= 1024 (not float
+queries x int8 codes); beyond, each runs the torch path (its dispatch)."""
     import numpy as np
 
     import embedcore as ec
