@@ -333,8 +333,10 @@ struct HammingScorer {
     if (tables != nullptr) s.nib.resize(size_t(kTileRows * hamming_nibble_positions(nbytes)));
     return s;
   }
-  // Larger blocks amortise a tile's transposition (AVX-512 words, AVX2 nibbles) over more queries.
-  int64_t query_block() const { return 4 * kQueryBlock; }
+  // Larger blocks amortise a tile's transposition (AVX-512 words, AVX2 nibbles) over more queries;
+  // 64 fast-scan queries make one block, so threads split the corpus and transpose each tile once
+  // (measured, 2 threads: 7% faster than a block of 32 per thread).
+  int64_t query_block() const { return tables != nullptr ? 8 * kQueryBlock : 4 * kQueryBlock; }
   bool stream_bound() const { return false; }
   int64_t row_bytes() const { return nbytes; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {

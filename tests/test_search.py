@@ -305,7 +305,7 @@ def test_every_isa(isa, rng, kind, metric, nq, d):
     ("hamming", "hamming", 3, 70_000, 130),
     ("hamming", "hamming", 1, 90_000, 100),  # one query: popcounts, corpus split across threads
     ("hamming", "hamming", 8, 90_000, 100),  # fast-scan tables, corpus split
-    ("hamming", "hamming", 40, 9_000, 48),   # fast-scan tables, query blocks split
+    ("hamming", "hamming", 70, 30_000, 144),  # fast-scan tables, query blocks split
 ])
 def test_one_and_two_threads_agree_bit_for_bit(rng, monkeypatch, kind, metric, nq, n, d):
     if kind == "bfloat16":
