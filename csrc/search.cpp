@@ -98,8 +98,7 @@ bool score_tile(const Scorer& scorer, typename Scorer::Scratch& scratch, int64_t
 // Scorer interface: Scratch make_scratch(); prepare(scratch, r0, nr) readies corpus rows
 // [r0, r0 + nr) (once per tile, for every query block); score(scratch, q0, nqb, r0, nr, out) writes
 // the (nqb, nr) tile (or score_flagged, see FlagsCandidates); row_bytes() sizes the work;
-// query_block() is the most queries per tile; stream_bound() says whether one query's scan is bound
-// by reading the rows rather than by scoring them.
+// query_block() is the most queries per tile.
 template <typename S, typename Rank, typename Scorer>
 bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_threads, S* out_val,
           int64_t* out_idx) {
@@ -111,9 +110,10 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   const double work = double(n) * double(std::max<int64_t>(1, scorer.row_bytes())) * double(nblocks);
   int nt = int(std::max(1.0, std::min(double(num_threads), work / double(kMinBytesPerThread))));
   // One or two queries make a pure memory stream, and one core already drew 35 of the 37 GB/s this
-  // machine class reads (2 threads: 19-25 GB/s, plus wake-up and merge costs on a shared machine);
-  // unless scoring a row costs more than reading it (Hamming, 200k x 48 B: 0.26 -> 0.18 ms).
-  if (nq <= 2 && scorer.stream_bound()) nt = 1;
+  // machine class reads (2 threads: 19-25 GB/s, plus wake-up and merge costs on a shared machine).
+  // Hamming scans are compute bound (2 threads: 0.26 -> 0.18 ms for 200k x 48 B), but with another
+  // job on the second core the wait for the other thread's slice took 8 ms: one thread here too.
+  if (nq <= 2) nt = 1;
   std::atomic<bool> ok{true};
 
   if (nt == 1 || nblocks % nt == 0 || nblocks >= 4 * nt) {
@@ -229,7 +229,6 @@ struct FloatScorer {
     return s;
   }
   int64_t query_block() const { return kQueryBlock; }
-  bool stream_bound() const { return true; }
   int64_t row_bytes() const {
     return d * (corpus.format == FloatFormat::kF32 ? 4 : corpus.format == FloatFormat::kI8Affine ? 1 : 2);
   }
@@ -294,7 +293,6 @@ struct Int8Scorer {
     return Scratch{std::vector<int32_t>(size_t(kQueryBlock * kTileRows)), std::vector<int32_t>(size_t(kTileRows))};
   }
   int64_t query_block() const { return kQueryBlock; }
-  bool stream_bound() const { return true; }
   int64_t row_bytes() const { return d; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
     if (metric != Metric::kDot)
@@ -337,7 +335,6 @@ struct HammingScorer {
   // 64 fast-scan queries make one block, so threads split the corpus and transpose each tile once
   // (measured, 2 threads: 7% faster than a block of 32 per thread).
   int64_t query_block() const { return tables != nullptr ? 8 * kQueryBlock : 4 * kQueryBlock; }
-  bool stream_bound() const { return false; }
   int64_t row_bytes() const { return nbytes; }
   void prepare(Scratch& s, int64_t r0, int64_t nr) const {
     if (tables != nullptr) kt.hamming_nibble_rows(c + r0 * nbytes, nr, nbytes, s.nib.data());
