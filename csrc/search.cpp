@@ -43,9 +43,10 @@ bool push_tile(const S* tile, int64_t nqb, int64_t nr, int64_t base, TopKHeap<S,
       const int64_t len = std::min(kTileRows, nr - j0);
       const S bound = h.val[0];
       for (int64_t j = 0; j < len; ++j) flag[j] = uint8_t(Rank::may_enter(row[j0 + j], bound));
+      std::fill(flag + len, flag + (len + 7) / 8 * 8, uint8_t(0));  // whole words: fixed-size loads
       for (int64_t g = 0; g < len; g += 8) {
-        uint64_t word = 0;
-        std::memcpy(&word, flag + g, size_t(std::min<int64_t>(8, len - g)));
+        uint64_t word;
+        std::memcpy(&word, flag + g, 8);
         while (word) {  // flags are 0/1 bytes: bit 8m set for a candidate at g + m
           const int64_t j = j0 + g + (__builtin_ctzll(word) >> 3);
           word &= word - 1;
