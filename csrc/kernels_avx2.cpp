@@ -412,10 +412,12 @@ void hamming_nibble_rows(const uint8_t* c, int64_t nr, int64_t nb, uint8_t* nib)
   const int64_t npos = hamming_nibble_positions(nb);
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t g = 0; g * 32 < nr; ++g) {
-    // The next tile's rows (prefetches past the corpus do not fault): the chunk order below jumps
-    // between rows, which the hardware prefetchers follow late.
+    // The next tile's rows (prefetches past the corpus do not fault; integer addresses keep the
+    // pointer arithmetic defined): the chunk order below jumps between rows, which the hardware
+    // prefetchers follow late.
+    const uintptr_t next = reinterpret_cast<uintptr_t>(c) + uintptr_t((32 * g + 64) * nb);
     for (int64_t off = 0; off < 32 * nb; off += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(c + (32 * g + 64) * nb + off), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(off)), _MM_HINT_T0);
     for (int64_t b = 0; b < nb; b += 16) {
       // Lane 0 holds rows 0..15 of the group, lane 1 rows 16..31: four rounds of in-lane unpacks
       // transpose both 16 x 16 byte blocks at once, leaving byte bitrev(m) of every row in x[m].
