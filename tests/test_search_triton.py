@@ -86,6 +86,79 @@ def test_exact_float_scores_keep_the_tie_order(rng, triton_backend, fmt, metric)
         np.testing.assert_array_equal(scores.numpy(), es)
 
 
+@pytest.fixture
+def terms_used(monkeypatch):
+    """The query term counts the Triton search picks."""
+    picked = []
+    real = similarity.query_terms
+
+    def spy(q, dtype):
+        picked.append(real(q, dtype))
+        return picked[-1]
+
+    monkeypatch.setattr(similarity, "query_terms", spy)
+    return picked
+
+
+def test_query_terms(rng):
+    q = torch.from_numpy(rng.standard_normal((5, 37)).astype(np.float32))
+    assert similarity.query_terms(q, torch.float32) == 0
+    assert similarity.query_terms(q, torch.float16) == 2
+    assert similarity.query_terms(q, torch.bfloat16) == 3
+    for dtype in (torch.float16, torch.bfloat16):  # queries exact in the corpus dtype: one term
+        assert similarity.query_terms(q.to(dtype).float(), dtype) == 1
+
+
+@pytest.mark.parametrize("dtype,terms,bound,step", [(torch.float16, 2, 2.0**-22, 2.0**-25),
+                                                    (torch.bfloat16, 3, 2.0**-24, 2.0**-134)])
+def test_query_split_error(rng, dtype, terms, bound, step):
+    """Rows of very different magnitudes (fp16: scaled per row first) rebuild from their terms to
+    within ``bound`` of each value, plus half the dtype's smallest subnormal (``step``, before the
+    unscaling for fp16) for residuals that underflow."""
+    q = torch.from_numpy(rng.standard_normal((4, 300)).astype(np.float32))
+    q *= torch.tensor([[1e-30], [1e-6], [1.0], [1e30]])
+    if dtype == torch.float16:
+        original = q
+        q, unscale = similarity._fp16_scale(q)
+        top = q.abs().amax(1)
+        assert ((2.0**14 <= top) & (top < 2.0**15)).all()
+        assert torch.equal(q * unscale[:, None], original)  # powers of two: exact both ways
+    parts = similarity._split_queries(q, dtype, terms).view(4, terms, 300).double().sum(1)
+    err = (parts - q.double()).abs()
+    assert (err <= bound * q.double().abs() + step).all()
+
+
+@pytest.mark.parametrize("fmt,metric,magnitude", [
+    *((fmt, metric, 1.0) for fmt in ("float16", "bfloat16") for metric in ("dot", "cos", "l2")),
+    ("float16", "dot", 1e6), ("float16", "l2", 1e6), ("float16", "dot", 1e-6), ("float16", "l2", 1e-6),
+])
+def test_16bit_corpus_fp32_queries(rng, triton_backend, terms_used, fmt, metric, magnitude):
+    """Random fp32 queries (normalised for cos) against fp16/bf16 corpora: 2 fp16 / 3 bf16 terms,
+    within the fp32 tolerance of the float64 reference. Queries of 1e6 (beyond fp16's 65504) and 1e-6
+    (fp16 subnormals) rely on the per-row scaling for fp16."""
+    q, c, ranges, qt, ct = _inputs(rng, fmt, 7, 200, None)
+    q, qt = q * np.float32(magnitude), qt * magnitude
+    for k in (1, 10, 200):
+        scores, indices = _run(qt, ct, k, metric, ranges)
+        _check_any(scores.numpy(), indices.numpy(), q, c, ranges, k, metric)
+    assert set(terms_used) == {2 if fmt == "float16" else 3}
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16"])
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_16bit_queries_one_term_exact(rng, triton_backend, terms_used, fmt, metric):
+    """Queries in the corpus dtype take one term; on values from 4 levels every score is exact: scores
+    and tie order equal the float64 reference bit for bit."""
+    q, c, _, _, ct = _inputs(rng, fmt, 7, 200, 4)
+    qt = torch.from_numpy(q).to(ct.dtype)
+    for k in (1, 10, 200):
+        scores, indices = _run(qt, ct, k, metric, None)
+        es, ei = search_reference(q, c, k, metric)
+        np.testing.assert_array_equal(indices.numpy(), ei)
+        np.testing.assert_array_equal(scores.numpy(), es)
+    assert set(terms_used) == {1}
+
+
 def _keys(fmt, metric, qt, ct, k, ranges, splits=None):
     """(Triton keys, torch-path keys) (nq, k) int64 of one search."""
     kind = _kind_of(qt, ct, metric, ranges)
@@ -236,9 +309,11 @@ except ImportError as exc:
 
 arch = int(sys.argv[1])
 cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
-jobs = [  # (kind, metric, corpus dtype, k, aligned): each format and metric, each block configuration
+jobs = [  # (kind, metric, corpus dtype, k, aligned[, query terms]): each format and metric, each block
+    # configuration, fp16/bf16 with their most query terms (2, 3) and one
     ("float", "dot", "fp32", 10, True), ("float", "cos", "fp16", 64, True),
-    ("float", "l2", "bf16", 256, True), ("int8_asym", "cos", "i8", 128, True),
+    ("float", "l2", "bf16", 256, True), ("float", "l2", "fp16", 64, True, 1),
+    ("float", "dot", "bf16", 128, True), ("int8_asym", "cos", "i8", 128, True),
     ("int8_asym", "l2", "i8", 1, True), ("int8", "dot", "i8", 16, True), ("int8", "l2", "i8", 256, True),
     ("int8", "cos", "i8", 100, True), ("hamming", "hamming", "u8", 256, True),
     ("hamming", "hamming", "u8", 10, True), ("float", "l2", "fp32", 10, False),
@@ -249,7 +324,7 @@ for job in jobs:
     # sm_80's largest shared memory per block (163 KiB opt-in)
     assert kernel.metadata.shared <= 163 * 1024, (job, kernel.metadata.shared)
     usage = ""
-    if job[-1] and os.path.exists(cuobjdump):
+    if job[4] and os.path.exists(cuobjdump):
         path = f"/tmp/embedcore_similarity_{os.getpid()}.cubin"
         with open(path, "wb") as fh:
             fh.write(kernel.asm["cubin"])
@@ -271,4 +346,4 @@ def test_kernels_compile_for_sm90_and_sm80():
         if proc.returncode == 77:
             pytest.skip(out.strip())
         assert proc.returncode == 0, out[-2000:] + err[-4000:]
-        assert "compiled 11" in out
+        assert "compiled 13" in out
