@@ -24,11 +24,15 @@ struct KernelTable {
   // Score tiles of the fused search: nq queries (rows of q, stride d) against nr consecutive corpus
   // rows (stride d), written to out[i * nr + j]. A float score goes through the same arithmetic
   // (accumulation order and reduction tree) wherever its pair falls in a tile, and integer scores
-  // are exact, so results depend neither on tiling nor on the number of threads.
-  void (*tile_dot_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
-  void (*tile_l2_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out);
+  // are exact, so results depend neither on tiling nor on the number of threads. The float tiles
+  // may prefetch (never read) the `ahead` rows that follow the tile in memory.
+  void (*tile_dot_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                       int64_t ahead);
+  void (*tile_l2_f32)(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                      int64_t ahead);
   // Float queries against int8 rows widened in registers: out = sum_t q[t] * float(c[t]).
-  void (*tile_dot_f32_i8)(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out);
+  void (*tile_dot_f32_i8)(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out,
+                          int64_t ahead);
   void (*tile_dot_i8)(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out);
   void (*tile_hamming)(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nbytes,
                        int32_t* out);

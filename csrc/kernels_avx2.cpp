@@ -2,6 +2,7 @@
 // cpu_features.cpp has confirmed the CPU supports them.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -131,19 +132,34 @@ inline __m256 load_row_tail(const int8_t* p, int64_t rem) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
 }
 
+// Prefetches (T0) element t of row r of c. The address is formed as an integer: the caller checked
+// that the row exists, and no pointer past it is ever made.
+template <typename CT>
+inline void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) + uintptr_t((r * d + t) * int64_t(sizeof(CT)))),
+               _MM_HINT_T0);
+}
+
 // Loops written out (no lambda capturing the accumulators, which would keep them in memory).
-template <int QN, int RN, bool L2, typename CT>
-inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld) {
+// PF: the micro-kernel streams its rows from memory (one or two queries) and prefetches the RN rows
+// after them, at the same offset, when at least RN rows (`ahead`) follow its own.
+template <int QN, int RN, bool L2, bool PF, typename CT>
+inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
   __m256 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
   const int64_t dfull = d & ~int64_t(7);
+  const bool pf = PF && ahead >= RN;
   for (int64_t t = 0; t < dfull; t += 8) {
-    if constexpr (QN == 1 && std::is_same_v<CT, float>)  // one query streams rows: fetch the next RN ahead
-      if ((t & 15) == 0)
-        for (int b = 0; b < RN; ++b) _mm_prefetch(reinterpret_cast<const char*>(c + (RN + b) * d + t), _MM_HINT_T0);
+    if (pf && (t * int64_t(sizeof(CT)) & 63) == 0)  // one prefetch per 64-byte line
+      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
     __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = load_row(c + b * d + t);
+    for (int b = 0; b < RN; ++b) {
+      cv[b] = load_row(c + b * d + t);
+      // Several queries streaming rows from memory: one load per row and step. Folded into each
+      // FMA, a load that misses would be repeated QN times, taking load-queue entries from other misses.
+      if constexpr (PF && QN > 1) asm("" : "+x"(cv[b]));
+    }
     for (int a = 0; a < QN; ++a) {
       const __m256 qv = _mm256_loadu_ps(q + a * d + t);
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
@@ -157,14 +173,17 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
       for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
     }
   }
-  static_assert(RN == 3 || RN == 1, "walk_4x3 asks for 3 rows or 1");
   const __m256 zero = _mm256_setzero_ps();
   for (int a = 0; a < QN; ++a) {
-    if constexpr (RN == 3) {  // the 4-sum tree with a zero fourth: each row keeps its own tree
+    if constexpr (RN % 4 == 0) {
+      for (int b = 0; b < RN; b += 4)
+        _mm_storeu_ps(out + a * ld + b, reduce4(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3]));
+    } else if constexpr (RN == 3) {  // the 4-sum tree with a zero fourth: each row keeps its own tree
       alignas(16) float r[4];
       _mm_store_ps(r, reduce4(acc[a][0], acc[a][1], acc[a][2], zero));
       for (int b = 0; b < 3; ++b) out[a * ld + b] = r[b];
     } else {
+      static_assert(RN == 1, "4k, 3 or 1 rows");
       out[a * ld] = _mm_cvtss_f32(reduce4(acc[a][0], zero, zero, zero));
     }
   }
@@ -188,23 +207,41 @@ inline void walk_4x3(int64_t nq, int64_t nr, Micro&& micro) {
   for (; j < nr; ++j) queries(std::integral_constant<int, 1>{}, j);
 }
 
+// One or two queries: a memory stream, 8 rows (4 for two queries) in flight per step and the next
+// rows prefetched. Kept out of tile_f32: inlined there, it cost the 4 x 3 walk registers (18% slower).
+template <int QN, bool L2, typename CT>
+__attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
+                                          int64_t ahead) {
+  constexpr int RN = QN == 1 ? 8 : 4;
+  int64_t j = 0;
+  for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
+  for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
+}
+
 template <bool L2, typename CT>
-void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out) {
+void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
+  if (nq == 1) return stream_f32<1, L2>(q, c, nr, d, out, ahead);
+  if (nq == 2) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
   walk_4x3(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
-    micro_f32<decltype(qn)::value, decltype(rn)::value, L2>(q + i * d, c + j * d, d, out + i * nr + j, nr);
+    constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
+    // A lone query's rows are the next group's: prefetch them for it.
+    micro_f32<QN, RN, L2, QN == 1 && RN == 3>(q + i * d, c + j * d, d, out + i * nr + j, nr, nr + ahead - j - RN);
   });
 }
 
-void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
-  tile_f32<false>(q, nq, c, nr, d, out);
+void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out,
+                     int64_t ahead) {
+  tile_f32<false>(q, nq, c, nr, d, out, ahead);
 }
 
-void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
-  tile_f32<false>(q, nq, c, nr, d, out);
+void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                  int64_t ahead) {
+  tile_f32<false>(q, nq, c, nr, d, out, ahead);
 }
 
-void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
-  tile_f32<true>(q, nq, c, nr, d, out);
+void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                 int64_t ahead) {
+  tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
 // int8: sign-extend 16 bytes to int16 lanes and madd pairs into int32 (exact); scalar tail.

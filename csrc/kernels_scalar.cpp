@@ -52,17 +52,20 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   return s;
 }
 
-void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+void tile_dot_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                  int64_t /*ahead*/) {
   for (int64_t i = 0; i < nq; ++i)
     for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = dot_f32(q + i * d, c + j * d, size_t(d));
 }
 
-void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out) {
+void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t d, float* out,
+                 int64_t /*ahead*/) {
   for (int64_t i = 0; i < nq; ++i)
     for (int64_t j = 0; j < nr; ++j) out[i * nr + j] = l2sq_f32(q + i * d, c + j * d, size_t(d));
 }
 
-void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out) {
+void tile_dot_f32_i8(const float* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, float* out,
+                     int64_t /*ahead*/) {
   for (int64_t i = 0; i < nq; ++i)
     for (int64_t j = 0; j < nr; ++j) {
       float s = 0.f;

@@ -215,6 +215,7 @@ struct FloatScorer {
   const KernelTable& kt;
   const float* q;
   const FloatCorpus& corpus;
+  int64_t n;
   int64_t d;
   Metric metric;
   FusedInt8 fused;
@@ -261,16 +262,19 @@ struct FloatScorer {
   }
   void score(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, float* out) const {
     if (fused.w != nullptr) {
-      kt.tile_dot_f32_i8(fused.w + q0 * d, nqb, static_cast<const int8_t*>(corpus.data) + r0 * d, nr, d, out);
+      kt.tile_dot_f32_i8(fused.w + q0 * d, nqb, static_cast<const int8_t*>(corpus.data) + r0 * d, nr, d, out,
+                         n - r0 - nr);
       for (int64_t i = 0; i < nqb; ++i)
         for (int64_t j = 0; j < nr; ++j) out[i * nr + j] += fused.bias[q0 + i];
       return;
     }
+    // The kernels may prefetch the corpus rows after the tile; a converted tile has none after it.
+    const int64_t ahead = corpus.format == FloatFormat::kF32 ? n - r0 - nr : 0;
     if (metric == Metric::kL2) {
-      kt.tile_l2_f32(q + q0 * d, nqb, s.cur, nr, d, out);
+      kt.tile_l2_f32(q + q0 * d, nqb, s.cur, nr, d, out, ahead);
       return;
     }
-    kt.tile_dot_f32(q + q0 * d, nqb, s.cur, nr, d, out);
+    kt.tile_dot_f32(q + q0 * d, nqb, s.cur, nr, d, out, ahead);
     if (metric == Metric::kCos)
       for (int64_t i = 0; i < nqb; ++i)
         for (int64_t j = 0; j < nr; ++j) out[i * nr + j] *= s.inv_norm[j];
@@ -386,7 +390,7 @@ bool search_float(const float* q, int64_t nq, const FloatCorpus& corpus, int64_t
     }
     fused = FusedInt8{w.data(), bias.data()};
   }
-  const FloatScorer scorer{active_kernels(), q, corpus, d, metric, fused};
+  const FloatScorer scorer{active_kernels(), q, corpus, n, d, metric, fused};
   if (metric == Metric::kL2)
     return scan<float, RankSmallest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
   return scan<float, RankLargest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);

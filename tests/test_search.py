@@ -452,3 +452,34 @@ def test_hamming_fast_scan_widest_codes(rng, isa, nbytes):
     assert scores.max() == 8 * nbytes
     np.testing.assert_array_equal(scores, es)
     np.testing.assert_array_equal(indices, ei)
+
+
+STREAM_KINDS = [("float32", "dot"), ("float32", "l2"), ("float32", "cos"), ("float16", "dot"), ("int8_asym", "dot"),
+                ("int8_asym", "l2")]
+
+
+@pytest.mark.parametrize("kind,metric", STREAM_KINDS)
+@pytest.mark.parametrize("nq", [1, 2, 3])
+@pytest.mark.parametrize("n,d", [(1, 1), (3, 17), (4, 16), (5, 3), (7, 37), (8, 100), (9, 385), (63, 16),
+                                 (64, 33), (65, 385), (68, 7), (72, 100), (129, 31), (200, 48)])
+def test_stream_kernels_every_isa(rng, isa, kind, metric, nq, n, d):
+    # One or two queries stream rows in groups of 4 or 8 (AVX-512) / 8 or 4 (AVX2) and prefetch the
+    # next group: partial groups, tiles and corpora ending right after a group (no prefetch past
+    # the last row), odd dims (masked tails), ties from a few levels.
+    q, c, ranges = _case(rng, kind, nq, n, d, levels=3)
+    for k in sorted({1, min(10, n), n}):
+        scores, indices = ec.search(q, c, k=k, metric=metric, ranges=ranges)
+        _check_any(scores, indices, q, c, ranges, k, metric)
+
+
+@pytest.mark.parametrize("kind,metric", STREAM_KINDS)
+@pytest.mark.parametrize("n,d", [(70, 37), (300, 100)])
+def test_a_query_scores_the_same_alone_and_in_a_batch(rng, isa, kind, metric, n, d):
+    # A pair goes through the same arithmetic in every micro-kernel (1 or 2 streamed queries, the
+    # many-query walk): each query's result is bit-identical whatever batch it comes in.
+    q, c, ranges = _case(rng, kind, 9, n, d)
+    full = ec.search(q, c, k=n, metric=metric, ranges=ranges)
+    for lo, hi in [(0, 1), (4, 5), (8, 9), (2, 4), (7, 9), (0, 3), (1, 6)]:
+        part = ec.search(q[lo:hi], c, k=n, metric=metric, ranges=ranges)
+        np.testing.assert_array_equal(np.asarray(part[0]), np.asarray(full[0])[lo:hi])
+        np.testing.assert_array_equal(np.asarray(part[1]), np.asarray(full[1])[lo:hi])
