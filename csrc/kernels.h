@@ -54,6 +54,13 @@ struct KernelTable {
   // bit j of cand[i] is set when it is <= bound[i] (a row that may enter query i's heap).
   void (*tile_hamming_nibbles)(const uint8_t* tables, int64_t nq, const uint8_t* nib, int64_t nr,
                                int64_t nbytes, const int32_t* bound, int32_t* out, uint64_t* cand);
+
+  // Squared norms of nr rows (stride d): out[j] = sum_t c[j * d + t]^2.
+  void (*sq_norms_f32)(const float* c, int64_t nr, int64_t d, float* out);
+  // The cosine scan of one query reads each row once: out[j] as tile_dot_f32 (nq = 1) and norm2[j]
+  // as sq_norms_f32 write them, bit for bit; `ahead` as for tile_dot_f32.
+  void (*tile_dot_norms_f32)(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
+                             int64_t ahead);
 };
 
 // Rows padded to 16-byte chunks of 32 nibbles. Measured: wider codes (a tile's nibbles past 128 KB)

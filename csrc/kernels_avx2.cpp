@@ -244,6 +244,59 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
+// One step of micro_dot_norm: the dot of micro_f32's steps and the square sum of each row.
+template <int RN, bool kDot, bool kTail>
+inline void step_dot_norm(__m256 (&acc)[RN], __m256 (&nacc)[RN], const float* q, const float* c, int64_t d,
+                          int64_t t, int64_t rem) {
+  const __m256 qv = !kDot ? _mm256_setzero_ps() : kTail ? _mm256_maskload_ps(q + t, tail_mask8(rem)) : _mm256_loadu_ps(q + t);
+  for (int b = 0; b < RN; ++b) {
+    const __m256 cv = kTail ? load_row_tail(c + b * d + t, rem) : load_row(c + b * d + t);
+    if constexpr (kDot) acc[b] = _mm256_fmadd_ps(qv, cv, acc[b]);
+    nacc[b] = _mm256_fmadd_ps(cv, cv, nacc[b]);
+  }
+}
+
+// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
+// A square sum takes the same steps for every row (sq_norms_f32 too).
+template <int RN, bool kDot, bool PF>
+inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
+  __m256 acc[RN], nacc[RN];
+  for (int b = 0; b < RN; ++b) acc[b] = nacc[b] = _mm256_setzero_ps();
+  const int64_t dfull = d & ~int64_t(7);
+  const bool pf = PF && ahead >= RN;
+  for (int64_t t = 0; t < dfull; t += 8) {
+    if (pf && (t & 15) == 0)  // one prefetch per 64-byte line
+      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
+    step_dot_norm<RN, kDot, false>(acc, nacc, q, c, d, t, 0);
+  }
+  if (d > dfull) step_dot_norm<RN, kDot, true>(acc, nacc, q, c, d, dfull, d - dfull);
+  const __m256 zero = _mm256_setzero_ps();
+  if constexpr (RN == 4) {
+    if constexpr (kDot) _mm_storeu_ps(out, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    _mm_storeu_ps(norm2, reduce4(nacc[0], nacc[1], nacc[2], nacc[3]));
+  } else {
+    static_assert(RN == 1, "4 rows or 1");
+    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4(acc[0], zero, zero, zero));
+    norm2[0] = _mm_cvtss_f32(reduce4(nacc[0], zero, zero, zero));
+  }
+}
+
+template <bool kDot>
+void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
+  int64_t j = 0;
+  for (; j + 4 <= nr; j += 4) micro_dot_norm<4, kDot, kDot>(q, c + j * d, d, out + j, norm2 + j, nr + ahead - j - 4);
+  for (; j < nr; ++j) micro_dot_norm<1, kDot, false>(q, c + j * d, d, out + j, norm2 + j, 0);
+}
+
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
+  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
+}
+
+void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
+                        int64_t ahead) {
+  dot_norms<true>(q, c, nr, d, out, norm2, ahead);
+}
+
 // int8: sign-extend 16 bytes to int16 lanes and madd pairs into int32 (exact); scalar tail.
 template <int QN, int RN>
 inline void micro_i8(const int8_t* q, const int8_t* c, int64_t d, int32_t* out, int64_t ld) {
@@ -603,7 +656,8 @@ const KernelTable& avx2_kernels() {
   static const KernelTable table{Isa::kAvx2,     dot_f32,         l2sq_f32,         dot_i8,
                                  hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
                                  tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
-                                 rows_i8_affine_to_f32, hamming_nibble_rows, tile_hamming_nibbles};
+                                 rows_i8_affine_to_f32, hamming_nibble_rows, tile_hamming_nibbles,
+                                 sq_norms_f32,   tile_dot_norms_f32};
   return table;
 }
 

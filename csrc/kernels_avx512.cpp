@@ -212,6 +212,62 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
+// One step of micro_dot_norm: the dot of micro_f32's steps and the square sum of each row.
+template <int RN, bool kDot, typename Load>
+EC_INLINE void step_dot_norm(__m512 (&acc)[RN], __m512 (&nacc)[RN], const float* q, const float* c, int64_t d,
+                             int64_t t, Load load) {
+  const __m512 qv = kDot ? load(q + t) : _mm512_setzero_ps();
+  for (int b = 0; b < RN; ++b) {
+    const __m512 cv = load(c + b * d + t);
+    if constexpr (kDot) acc[b] = _mm512_fmadd_ps(qv, cv, acc[b]);
+    nacc[b] = _mm512_fmadd_ps(cv, cv, nacc[b]);
+  }
+}
+
+// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
+// A square sum takes the same steps for every row (sq_norms_f32 too).
+template <int RN, bool kDot, bool PF>
+inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
+  __m512 acc[RN], nacc[RN];
+  for (int b = 0; b < RN; ++b) acc[b] = nacc[b] = _mm512_setzero_ps();
+  const int64_t dfull = d & ~int64_t(15);
+  const bool pf = PF && ahead >= RN;
+  for (int64_t t = 0; t < dfull; t += 16) {
+    if (pf)
+      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
+    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, t, [](const float* p) { return _mm512_loadu_ps(p); });
+  }
+  if (d > dfull) {
+    const __mmask16 m = tail_mask16(d - dfull);
+    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, dfull, [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); });
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (RN == 4) {
+    if constexpr (kDot) _mm_storeu_ps(out, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    _mm_storeu_ps(norm2, reduce4(nacc[0], nacc[1], nacc[2], nacc[3]));
+  } else {
+    static_assert(RN == 1, "4 rows or 1");
+    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4(acc[0], zero, zero, zero));
+    norm2[0] = _mm_cvtss_f32(reduce4(nacc[0], zero, zero, zero));
+  }
+}
+
+template <bool kDot>
+void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
+  int64_t j = 0;
+  for (; j + 4 <= nr; j += 4) micro_dot_norm<4, kDot, kDot>(q, c + j * d, d, out + j, norm2 + j, nr + ahead - j - 4);
+  for (; j < nr; ++j) micro_dot_norm<1, kDot, false>(q, c + j * d, d, out + j, norm2 + j, 0);
+}
+
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
+  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
+}
+
+void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
+                        int64_t ahead) {
+  dot_norms<true>(q, c, nr, d, out, norm2, ahead);
+}
+
 inline __mmask32 tail_mask32(int64_t rem) { return __mmask32((uint64_t(1) << rem) - 1u); }
 inline __mmask64 tail_mask64(int64_t rem) {
   return rem >= 64 ? ~__mmask64(0) : __mmask64((uint64_t(1) << rem) - 1u);
@@ -486,7 +542,9 @@ const KernelTable& avx512_kernels() {
                                  rows_bf16_to_f32,
                                  rows_i8_affine_to_f32,
                                  nullptr,
-                                 nullptr};
+                                 nullptr,
+                                 sq_norms_f32,
+                                 tile_dot_norms_f32};
   return table;
 }
 

@@ -128,13 +128,23 @@ void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float
     for (int64_t t = 0; t < d; ++t) dst[j * d + t] = offset[t] + scale[t] * float(src[j * d + t]);
 }
 
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
+  for (int64_t j = 0; j < nr; ++j) out[j] = dot_f32(c + j * d, c + j * d, size_t(d));
+}
+
+void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
+                        int64_t /*ahead*/) {
+  tile_dot_f32(q, 1, c, nr, d, out, 0);
+  sq_norms_f32(c, nr, d, norm2);
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
   static const KernelTable table{Isa::kScalar,   dot_f32,         l2sq_f32,         dot_i8,
                                  hamming,        tile_dot_f32,    tile_l2_f32,      tile_dot_f32_i8,
                                  tile_dot_i8,    tile_hamming,    rows_f16_to_f32,  rows_bf16_to_f32,
-                                 rows_i8_affine_to_f32, nullptr, nullptr};
+                                 rows_i8_affine_to_f32, nullptr, nullptr, sq_norms_f32, tile_dot_norms_f32};
   return table;
 }
 

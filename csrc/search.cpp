@@ -219,6 +219,7 @@ struct FloatScorer {
   int64_t d;
   Metric metric;
   FusedInt8 fused;
+  bool fused_cos;  // one query, float32 rows: tile_dot_norms_f32 scores and sums squares in one pass
 
   struct Scratch {
     std::vector<float> rows, inv_norm;
@@ -254,11 +255,14 @@ struct FloatScorer {
         s.cur = s.rows.data();
         break;
     }
-    if (metric == Metric::kCos)
-      for (int64_t j = 0; j < nr; ++j) {
-        const float* row = s.cur + j * d;
-        s.inv_norm[j] = 1.0f / std::max(std::sqrt(kt.dot_f32(row, row, size_t(d))), kNormEps);
-      }
+    if (metric == Metric::kCos && !fused_cos) {
+      kt.sq_norms_f32(s.cur, nr, d, s.inv_norm.data());
+      invert_norms(s.inv_norm.data(), nr);
+    }
+  }
+  // Squared norms -> 1 / max(norm, eps), in place.
+  static void invert_norms(float* v, int64_t nr) {
+    for (int64_t j = 0; j < nr; ++j) v[j] = 1.0f / std::max(std::sqrt(v[j]), kNormEps);
   }
   void score(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, float* out) const {
     if (fused.w != nullptr) {
@@ -270,6 +274,12 @@ struct FloatScorer {
     }
     // The kernels may prefetch the corpus rows after the tile; a converted tile has none after it.
     const int64_t ahead = corpus.format == FloatFormat::kF32 ? n - r0 - nr : 0;
+    if (fused_cos) {
+      kt.tile_dot_norms_f32(q + q0 * d, s.cur, nr, d, out, s.inv_norm.data(), ahead);
+      invert_norms(s.inv_norm.data(), nr);
+      for (int64_t j = 0; j < nr; ++j) out[j] *= s.inv_norm[j];
+      return;
+    }
     if (metric == Metric::kL2) {
       kt.tile_l2_f32(q + q0 * d, nqb, s.cur, nr, d, out, ahead);
       return;
@@ -390,7 +400,8 @@ bool search_float(const float* q, int64_t nq, const FloatCorpus& corpus, int64_t
     }
     fused = FusedInt8{w.data(), bias.data()};
   }
-  const FloatScorer scorer{active_kernels(), q, corpus, n, d, metric, fused};
+  const bool fused_cos = metric == Metric::kCos && nq == 1 && corpus.format == FloatFormat::kF32;
+  const FloatScorer scorer{active_kernels(), q, corpus, n, d, metric, fused, fused_cos};
   if (metric == Metric::kL2)
     return scan<float, RankSmallest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
   return scan<float, RankLargest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
