@@ -86,14 +86,19 @@ inline __mmask16 tail_mask16(int64_t rem) { return __mmask16((1u << rem) - 1u); 
 
 // Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
 // single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
+// The tree after the fold of each vector to its low plus its high 256 bits.
+inline __m128 reduce4_folded(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);  // a01 a23 b01 b23 | a45 a67 b45 b67
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   auto fold = [](__m512 v) {
     return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   };
-  const __m256 ab = _mm256_hadd_ps(fold(a), fold(b));  // a01 a23 b01 b23 | a45 a67 b45 b67
-  const __m256 cd = _mm256_hadd_ps(fold(c), fold(d));
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);           // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+  return reduce4_folded(fold(a), fold(b), fold(c), fold(d));
 }
 
 #define EC_INLINE inline __attribute__((always_inline))
@@ -174,6 +179,53 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
+// One query streaming float rows, by 256-bit halves of micro_f32's 16-element steps: the same
+// lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned (numpy's are 16)
+// split one load in two instead of every load across two cache lines.
+template <int RN, bool L2, typename Load>
+EC_INLINE void step_halves(__m256 (&lo)[RN], __m256 (&hi)[RN], const float* q, const float* c, int64_t d, int64_t t,
+                           Load load) {
+  const __m256 qlo = load(q + t, 0), qhi = load(q + t + 8, 1);
+  for (int b = 0; b < RN; ++b) {
+    const __m256 clo = load(c + b * d + t, 0), chi = load(c + b * d + t + 8, 1);
+    if constexpr (L2) {
+      const __m256 dlo = _mm256_sub_ps(qlo, clo), dhi = _mm256_sub_ps(qhi, chi);
+      lo[b] = _mm256_fmadd_ps(dlo, dlo, lo[b]);
+      hi[b] = _mm256_fmadd_ps(dhi, dhi, hi[b]);
+    } else {
+      lo[b] = _mm256_fmadd_ps(qlo, clo, lo[b]);
+      hi[b] = _mm256_fmadd_ps(qhi, chi, hi[b]);
+    }
+  }
+}
+
+template <int RN, bool L2, bool PF>
+inline void micro_halves(const float* q, const float* c, int64_t d, float* out, int64_t ahead) {
+  __m256 lo[RN], hi[RN];
+  for (int b = 0; b < RN; ++b) lo[b] = hi[b] = _mm256_setzero_ps();
+  const int64_t dfull = d & ~int64_t(15);
+  const bool pf = PF && ahead >= RN;
+  for (int64_t t = 0; t < dfull; t += 16) {
+    if (pf)
+      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
+    step_halves<RN, L2>(lo, hi, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
+  }
+  if (d > dfull) {
+    const __mmask16 m = tail_mask16(d - dfull);
+    step_halves<RN, L2>(lo, hi, q, c, d, dfull,
+                        [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  if constexpr (RN % 4 == 0) {
+    for (int b = 0; b < RN; b += 4)
+      _mm_storeu_ps(out + b, reduce4_folded(_mm256_add_ps(lo[b], hi[b]), _mm256_add_ps(lo[b + 1], hi[b + 1]),
+                                            _mm256_add_ps(lo[b + 2], hi[b + 2]), _mm256_add_ps(lo[b + 3], hi[b + 3])));
+  } else {
+    static_assert(RN == 1, "4k rows or 1");
+    out[0] = _mm_cvtss_f32(reduce4_folded(_mm256_add_ps(lo[0], hi[0]), zero, zero, zero));
+  }
+}
+
 // One or two queries: a memory stream. Each step loads one line of every row of the micro-kernel
 // and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): one
 // query runs best with 4 rows (8 or 16 rows, or prefetching 8 rows ahead, were not faster); two
@@ -184,6 +236,11 @@ __attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t n
                                           int64_t ahead) {
   constexpr int RN = QN == 1 ? 4 : 8;
   int64_t j = 0;
+  if constexpr (QN == 1 && std::is_same_v<CT, float>) {
+    for (; j + RN <= nr; j += RN) micro_halves<RN, L2, true>(q, c + j * d, d, out + j, nr + ahead - j - RN);
+    for (; j < nr; ++j) micro_halves<1, L2, false>(q, c + j * d, d, out + j, 0);
+    return;
+  }
   for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
   for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
 }
@@ -212,15 +269,18 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-// One step of micro_dot_norm: the dot of micro_f32's steps and the square sum of each row.
+// One step of micro_dot_norm, by 256-bit halves as micro_halves: the dot of micro_f32's steps and
+// the square sum of each row.
 template <int RN, bool kDot, typename Load>
-EC_INLINE void step_dot_norm(__m512 (&acc)[RN], __m512 (&nacc)[RN], const float* q, const float* c, int64_t d,
-                             int64_t t, Load load) {
-  const __m512 qv = kDot ? load(q + t) : _mm512_setzero_ps();
-  for (int b = 0; b < RN; ++b) {
-    const __m512 cv = load(c + b * d + t);
-    if constexpr (kDot) acc[b] = _mm512_fmadd_ps(qv, cv, acc[b]);
-    nacc[b] = _mm512_fmadd_ps(cv, cv, nacc[b]);
+EC_INLINE void step_dot_norm(__m256 (&acc)[2][RN], __m256 (&nacc)[2][RN], const float* q, const float* c,
+                             int64_t d, int64_t t, Load load) {
+  for (int h = 0; h < 2; ++h) {
+    const __m256 qv = kDot ? load(q + t + 8 * h, h) : _mm256_setzero_ps();
+    for (int b = 0; b < RN; ++b) {
+      const __m256 cv = load(c + b * d + t + 8 * h, h);
+      if constexpr (kDot) acc[h][b] = _mm256_fmadd_ps(qv, cv, acc[h][b]);
+      nacc[h][b] = _mm256_fmadd_ps(cv, cv, nacc[h][b]);
+    }
   }
 }
 
@@ -228,27 +288,31 @@ EC_INLINE void step_dot_norm(__m512 (&acc)[RN], __m512 (&nacc)[RN], const float*
 // A square sum takes the same steps for every row (sq_norms_f32 too).
 template <int RN, bool kDot, bool PF>
 inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
-  __m512 acc[RN], nacc[RN];
-  for (int b = 0; b < RN; ++b) acc[b] = nacc[b] = _mm512_setzero_ps();
+  __m256 acc[2][RN], nacc[2][RN];
+  for (int h = 0; h < 2; ++h)
+    for (int b = 0; b < RN; ++b) acc[h][b] = nacc[h][b] = _mm256_setzero_ps();
   const int64_t dfull = d & ~int64_t(15);
   const bool pf = PF && ahead >= RN;
   for (int64_t t = 0; t < dfull; t += 16) {
     if (pf)
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, t, [](const float* p) { return _mm512_loadu_ps(p); });
+    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
   }
   if (d > dfull) {
     const __mmask16 m = tail_mask16(d - dfull);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, dfull, [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); });
+    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, dfull,
+                            [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
   }
-  const __m512 zero = _mm512_setzero_ps();
+  auto folded = [](__m256 (&v)[2][RN], int b) { return _mm256_add_ps(v[0][b], v[1][b]); };
+  const __m256 zero = _mm256_setzero_ps();
   if constexpr (RN == 4) {
-    if constexpr (kDot) _mm_storeu_ps(out, reduce4(acc[0], acc[1], acc[2], acc[3]));
-    _mm_storeu_ps(norm2, reduce4(nacc[0], nacc[1], nacc[2], nacc[3]));
+    if constexpr (kDot)
+      _mm_storeu_ps(out, reduce4_folded(folded(acc, 0), folded(acc, 1), folded(acc, 2), folded(acc, 3)));
+    _mm_storeu_ps(norm2, reduce4_folded(folded(nacc, 0), folded(nacc, 1), folded(nacc, 2), folded(nacc, 3)));
   } else {
     static_assert(RN == 1, "4 rows or 1");
-    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4(acc[0], zero, zero, zero));
-    norm2[0] = _mm_cvtss_f32(reduce4(nacc[0], zero, zero, zero));
+    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4_folded(folded(acc, 0), zero, zero, zero));
+    norm2[0] = _mm_cvtss_f32(reduce4_folded(folded(nacc, 0), zero, zero, zero));
   }
 }
 
