@@ -179,66 +179,75 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// One query streaming float rows, by 256-bit halves of micro_f32's 16-element steps: the same
-// lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned (numpy's are 16)
-// split one load in two instead of every load across two cache lines.
-template <int RN, bool L2, typename Load>
-EC_INLINE void step_halves(__m256 (&lo)[RN], __m256 (&hi)[RN], const float* q, const float* c, int64_t d, int64_t t,
+// One or two queries streaming float rows, by 256-bit halves of micro_f32's 16-element steps: the
+// same lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned (numpy's are
+// 16) split one load in two instead of every load across two cache lines.
+template <int QN, int RN, bool L2, typename Load>
+EC_INLINE void step_halves(__m256 (&acc)[2][QN][RN], const float* q, const float* c, int64_t d, int64_t t,
                            Load load) {
-  const __m256 qlo = load(q + t, 0), qhi = load(q + t + 8, 1);
-  for (int b = 0; b < RN; ++b) {
-    const __m256 clo = load(c + b * d + t, 0), chi = load(c + b * d + t + 8, 1);
-    if constexpr (L2) {
-      const __m256 dlo = _mm256_sub_ps(qlo, clo), dhi = _mm256_sub_ps(qhi, chi);
-      lo[b] = _mm256_fmadd_ps(dlo, dlo, lo[b]);
-      hi[b] = _mm256_fmadd_ps(dhi, dhi, hi[b]);
-    } else {
-      lo[b] = _mm256_fmadd_ps(qlo, clo, lo[b]);
-      hi[b] = _mm256_fmadd_ps(qhi, chi, hi[b]);
+  for (int h = 0; h < 2; ++h) {
+    __m256 cv[RN];
+    for (int b = 0; b < RN; ++b) {
+      cv[b] = load(c + b * d + t + 8 * h, h);
+      if constexpr (QN > 1) asm("" : "+v"(cv[b]));  // one load per row, as in step_f32
+    }
+    for (int a = 0; a < QN; ++a) {
+      const __m256 qv = load(q + a * d + t + 8 * h, h);
+      for (int b = 0; b < RN; ++b) {
+        if constexpr (L2) {
+          const __m256 diff = _mm256_sub_ps(qv, cv[b]);
+          acc[h][a][b] = _mm256_fmadd_ps(diff, diff, acc[h][a][b]);
+        } else {
+          acc[h][a][b] = _mm256_fmadd_ps(qv, cv[b], acc[h][a][b]);
+        }
+      }
     }
   }
 }
 
-template <int RN, bool L2, bool PF>
-inline void micro_halves(const float* q, const float* c, int64_t d, float* out, int64_t ahead) {
-  __m256 lo[RN], hi[RN];
-  for (int b = 0; b < RN; ++b) lo[b] = hi[b] = _mm256_setzero_ps();
+template <int QN, int RN, bool L2, bool PF>
+inline void micro_halves(const float* q, const float* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
+  __m256 acc[2][QN][RN];
+  for (int h = 0; h < 2; ++h)
+    for (int a = 0; a < QN; ++a)
+      for (int b = 0; b < RN; ++b) acc[h][a][b] = _mm256_setzero_ps();
   const int64_t dfull = d & ~int64_t(15);
   const bool pf = PF && ahead >= RN;
   for (int64_t t = 0; t < dfull; t += 16) {
     if (pf)
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_halves<RN, L2>(lo, hi, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
+    step_halves<QN, RN, L2>(acc, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
   }
   if (d > dfull) {
     const __mmask16 m = tail_mask16(d - dfull);
-    step_halves<RN, L2>(lo, hi, q, c, d, dfull,
-                        [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
+    step_halves<QN, RN, L2>(acc, q, c, d, dfull,
+                            [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
   }
+  auto folded = [&](int a, int b) { return _mm256_add_ps(acc[0][a][b], acc[1][a][b]); };
   const __m256 zero = _mm256_setzero_ps();
-  if constexpr (RN % 4 == 0) {
-    for (int b = 0; b < RN; b += 4)
-      _mm_storeu_ps(out + b, reduce4_folded(_mm256_add_ps(lo[b], hi[b]), _mm256_add_ps(lo[b + 1], hi[b + 1]),
-                                            _mm256_add_ps(lo[b + 2], hi[b + 2]), _mm256_add_ps(lo[b + 3], hi[b + 3])));
-  } else {
-    static_assert(RN == 1, "4k rows or 1");
-    out[0] = _mm_cvtss_f32(reduce4_folded(_mm256_add_ps(lo[0], hi[0]), zero, zero, zero));
+  for (int a = 0; a < QN; ++a) {
+    if constexpr (RN == 4) {
+      _mm_storeu_ps(out + a * ld, reduce4_folded(folded(a, 0), folded(a, 1), folded(a, 2), folded(a, 3)));
+    } else {
+      static_assert(RN == 1, "4 rows or 1");
+      out[a * ld] = _mm_cvtss_f32(reduce4_folded(folded(a, 0), zero, zero, zero));
+    }
   }
 }
 
 // One or two queries: a memory stream. Each step loads one line of every row of the micro-kernel
-// and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): one
-// query runs best with 4 rows (8 or 16 rows, or prefetching 8 rows ahead, were not faster); two
-// queries with 8 rows (1.2x / 1.8x over 4 rows, folded loads and no prefetch). Kept out of
-// tile_f32, whose many-query walk keeps its registers.
+// and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): 4 rows
+// by 256-bit halves ran best (8 or 16 rows, or prefetching 8 rows ahead, were not faster; 2 queries:
+// 8 rows of whole vectors 10% slower from memory). int8 codes (16-byte loads) take micro_f32. Kept
+// out of tile_f32, whose many-query walk keeps its registers.
 template <int QN, bool L2, typename CT>
 __attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
                                           int64_t ahead) {
-  constexpr int RN = QN == 1 ? 4 : 8;
+  constexpr int RN = QN == 1 ? 4 : 8;  // int8 codes
   int64_t j = 0;
-  if constexpr (QN == 1 && std::is_same_v<CT, float>) {
-    for (; j + RN <= nr; j += RN) micro_halves<RN, L2, true>(q, c + j * d, d, out + j, nr + ahead - j - RN);
-    for (; j < nr; ++j) micro_halves<1, L2, false>(q, c + j * d, d, out + j, 0);
+  if constexpr (std::is_same_v<CT, float>) {
+    for (; j + 4 <= nr; j += 4) micro_halves<QN, 4, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 4);
+    for (; j < nr; ++j) micro_halves<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
     return;
   }
   for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
