@@ -219,7 +219,9 @@ struct FloatScorer {
   int64_t d;
   Metric metric;
   FusedInt8 fused;
-  bool fused_cos;  // one query, float32 rows: tile_dot_norms_f32 scores and sums squares in one pass
+  // One or two queries, float32 rows: tile_dot_norms_f32 scores the first and sums squares in one
+  // pass over the rows; the second query reads them again from cache.
+  bool fused_cos;
 
   struct Scratch {
     std::vector<float> rows, inv_norm;
@@ -276,8 +278,10 @@ struct FloatScorer {
     const int64_t ahead = corpus.format == FloatFormat::kF32 ? n - r0 - nr : 0;
     if (fused_cos) {
       kt.tile_dot_norms_f32(q + q0 * d, s.cur, nr, d, out, s.inv_norm.data(), ahead);
+      for (int64_t i = 1; i < nqb; ++i) kt.tile_dot_f32(q + (q0 + i) * d, 1, s.cur, nr, d, out + i * nr, 0);
       invert_norms(s.inv_norm.data(), nr);
-      for (int64_t j = 0; j < nr; ++j) out[j] *= s.inv_norm[j];
+      for (int64_t i = 0; i < nqb; ++i)
+        for (int64_t j = 0; j < nr; ++j) out[i * nr + j] *= s.inv_norm[j];
       return;
     }
     if (metric == Metric::kL2) {
@@ -400,7 +404,7 @@ bool search_float(const float* q, int64_t nq, const FloatCorpus& corpus, int64_t
     }
     fused = FusedInt8{w.data(), bias.data()};
   }
-  const bool fused_cos = metric == Metric::kCos && nq == 1 && corpus.format == FloatFormat::kF32;
+  const bool fused_cos = metric == Metric::kCos && nq <= 2 && corpus.format == FloatFormat::kF32;
   const FloatScorer scorer{active_kernels(), q, corpus, n, d, metric, fused, fused_cos};
   if (metric == Metric::kL2)
     return scan<float, RankSmallest<float>>(scorer, nq, n, k, num_threads, out_val, out_idx);
