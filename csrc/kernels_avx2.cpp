@@ -207,12 +207,14 @@ inline void walk_4x3(int64_t nq, int64_t nr, Micro&& micro) {
   for (; j < nr; ++j) queries(std::integral_constant<int, 1>{}, j);
 }
 
-// One or two queries: a memory stream, 8 rows (4 for two queries) in flight per step and the next
-// rows prefetched. Kept out of tile_f32: inlined there, it cost the 4 x 3 walk registers (18% slower).
+// One or two queries: a memory stream, 8 float rows (4 for two queries or int8 codes) in flight per
+// step and the next rows prefetched. int8 codes by 8 rows ran 1.5x faster from memory but 1.4x
+// slower from L3 (10k rows) than by 4. Kept out of tile_f32: inlined there, it cost the 4 x 3 walk
+// registers (18% slower). Two queries over int8 codes keep the walk: the stream was slower there.
 template <int QN, bool L2, typename CT>
 __attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
                                           int64_t ahead) {
-  constexpr int RN = QN == 1 ? 8 : 4;
+  constexpr int RN = QN == 1 && std::is_same_v<CT, float> ? 8 : 4;
   int64_t j = 0;
   for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
   for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
@@ -221,7 +223,7 @@ __attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t n
 template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
   if (nq == 1) return stream_f32<1, L2>(q, c, nr, d, out, ahead);
-  if (nq == 2) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
+  if (nq == 2 && std::is_same_v<CT, float>) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
   walk_4x3(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
     // A lone query's rows are the next group's: prefetch them for it.

@@ -238,19 +238,19 @@ inline void micro_halves(const float* q, const float* c, int64_t d, float* out, 
 // One or two queries: a memory stream. Each step loads one line of every row of the micro-kernel
 // and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): 4 rows
 // by 256-bit halves ran best (8 or 16 rows, or prefetching 8 rows ahead, were not faster; 2 queries:
-// 8 rows of whole vectors 10% slower from memory). int8 codes (16-byte loads) take micro_f32. Kept
-// out of tile_f32, whose many-query walk keeps its registers.
+// 8 rows of whole vectors 10% slower from memory). int8 codes (16-byte loads) take micro_f32 by 8
+// rows (1 query: 1.9x over 4 rows from memory). Kept out of tile_f32, whose many-query walk keeps
+// its registers.
 template <int QN, bool L2, typename CT>
 __attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
                                           int64_t ahead) {
-  constexpr int RN = QN == 1 ? 4 : 8;  // int8 codes
   int64_t j = 0;
   if constexpr (std::is_same_v<CT, float>) {
     for (; j + 4 <= nr; j += 4) micro_halves<QN, 4, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 4);
     for (; j < nr; ++j) micro_halves<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
     return;
   }
-  for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
+  for (; j + 8 <= nr; j += 8) micro_f32<QN, 8, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 8);
   for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
 }
 
