@@ -179,20 +179,19 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// One or two queries streaming float rows, by 256-bit halves of micro_f32's 16-element steps: the
-// same lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned (numpy's are
-// 16) split one load in two instead of every load across two cache lines.
-template <int QN, int RN, bool L2, typename Load>
-EC_INLINE void step_halves(__m256 (&acc)[2][QN][RN], const float* q, const float* c, int64_t d, int64_t t,
-                           Load load) {
+// One or two queries streaming float rows of whole 16-float steps, by 256-bit halves of micro_f32's
+// steps: the same lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned
+// (numpy's are 16) split one load in two instead of every load across two cache lines.
+template <int QN, int RN, bool L2>
+EC_INLINE void step_halves(__m256 (&acc)[2][QN][RN], const float* q, const float* c, int64_t d, int64_t t) {
   for (int h = 0; h < 2; ++h) {
     __m256 cv[RN];
     for (int b = 0; b < RN; ++b) {
-      cv[b] = load(c + b * d + t + 8 * h, h);
+      cv[b] = _mm256_loadu_ps(c + b * d + t + 8 * h);
       if constexpr (QN > 1) asm("" : "+v"(cv[b]));  // one load per row, as in step_f32
     }
     for (int a = 0; a < QN; ++a) {
-      const __m256 qv = load(q + a * d + t + 8 * h, h);
+      const __m256 qv = _mm256_loadu_ps(q + a * d + t + 8 * h);
       for (int b = 0; b < RN; ++b) {
         if constexpr (L2) {
           const __m256 diff = _mm256_sub_ps(qv, cv[b]);
@@ -211,17 +210,11 @@ inline void micro_halves(const float* q, const float* c, int64_t d, float* out, 
   for (int h = 0; h < 2; ++h)
     for (int a = 0; a < QN; ++a)
       for (int b = 0; b < RN; ++b) acc[h][a][b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(15);
   const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 16) {
+  for (int64_t t = 0; t < d; t += 16) {  // d % 16 == 0: rows of whole lines only
     if (pf)
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_halves<QN, RN, L2>(acc, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
-  }
-  if (d > dfull) {
-    const __mmask16 m = tail_mask16(d - dfull);
-    step_halves<QN, RN, L2>(acc, q, c, d, dfull,
-                            [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
+    step_halves<QN, RN, L2>(acc, q, c, d, t);
   }
   auto folded = [&](int a, int b) { return _mm256_add_ps(acc[0][a][b], acc[1][a][b]); };
   const __m256 zero = _mm256_setzero_ps();
