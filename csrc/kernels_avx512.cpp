@@ -144,14 +144,15 @@ EC_INLINE void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
 // at the same offset, when at least RN rows (`ahead`) follow its own.
 template <int QN, int RN, bool L2, bool PF, typename CT>
 inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
+  if constexpr (PF)  // the check outside the loop: the prefetch-free kernel near the corpus end
+    if (ahead < RN) return micro_f32<QN, RN, L2, false>(q, c, d, out, ld, 0);
   __m512 acc[QN][RN];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm512_setzero_ps();
   const int64_t dfull = d & ~int64_t(15);
-  const bool pf = PF && ahead >= RN;
   auto qload = [](const float* p) { return _mm512_loadu_ps(p); };
   for (int64_t t = 0; t < dfull; t += 16) {
-    if (pf && (sizeof(CT) == 4 || (t & 63) == 0))  // one prefetch per 64-byte line
+    if (PF && (sizeof(CT) == 4 || (t & 63) == 0))  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
     if constexpr (std::is_same_v<CT, float>)
       step_f32<QN, RN, L2, PF>(acc, q, c, d, t, qload, qload);

@@ -454,18 +454,20 @@ def test_hamming_fast_scan_widest_codes(rng, isa, nbytes):
     np.testing.assert_array_equal(indices, ei)
 
 
-STREAM_KINDS = [("float32", "dot"), ("float32", "l2"), ("float32", "cos"), ("float16", "dot"), ("int8_asym", "dot"),
-                ("int8_asym", "l2")]
+STREAM_KINDS = [("float32", "dot"), ("float32", "l2"), ("float32", "cos"), ("float16", "dot"),
+                ("int8_asym", "dot"), ("int8_asym", "l2")]
 
 
 @pytest.mark.parametrize("kind,metric", STREAM_KINDS)
 @pytest.mark.parametrize("nq", [1, 2, 3])
-@pytest.mark.parametrize("n,d", [(1, 1), (3, 17), (4, 16), (5, 3), (7, 37), (8, 100), (9, 385), (63, 16),
-                                 (64, 33), (65, 385), (68, 7), (72, 100), (129, 31), (200, 48)])
+@pytest.mark.parametrize("n,d", [(1, 1), (3, 17), (4, 16), (5, 3), (7, 37), (8, 64), (8, 100), (9, 385),
+                                 (63, 16), (64, 33), (65, 385), (68, 7), (68, 32), (72, 100), (129, 31),
+                                 (200, 48)])
 def test_stream_kernels_every_isa(rng, isa, kind, metric, nq, n, d):
-    # One or two queries stream rows in groups of 4 or 8 (AVX-512) / 8 or 4 (AVX2) and prefetch the
-    # next group: partial groups, tiles and corpora ending right after a group (no prefetch past
-    # the last row), odd dims (masked tails), ties from a few levels.
+    # One or two queries stream rows in groups of 4 or 8 and prefetch the next group (AVX-512 by
+    # 256-bit halves where dims are whole 16-float steps; cos sums row squares in the same pass):
+    # partial groups, tiles and corpora ending right after a group (no prefetch past the last row),
+    # odd dims (masked tails), ties from a few levels.
     q, c, ranges = _case(rng, kind, nq, n, d, levels=3)
     for k in sorted({1, min(10, n), n}):
         scores, indices = ec.search(q, c, k=k, metric=metric, ranges=ranges)
