@@ -305,6 +305,8 @@ def test_every_isa(isa, rng, kind, metric, nq, d):
     ("hamming", "hamming", 3, 70_000, 130),
     ("hamming", "hamming", 8, 90_000, 100),  # fast-scan tables, corpus split
     ("hamming", "hamming", 70, 30_000, 144),  # fast-scan tables, query blocks split
+    ("float32", "cos", 1, 44_000, 384),    # 1-2 queries split the corpus from 64 MB: fused-norm cos
+    ("float32", "dot", 2, 44_000, 384),    # 1-2 queries, streaming kernel, corpus split
 ])
 def test_one_and_two_threads_agree_bit_for_bit(rng, monkeypatch, kind, metric, nq, n, d):
     if kind == "bfloat16":
