@@ -354,26 +354,29 @@ inline void micro_hamming(const uint8_t* q, const uint8_t* c, int64_t nb, int32_
   for (int b = 0; b < RN; ++b) out[b] = int32_t(acc[b]);
 }
 
+// Set bits of each byte of x (0..8): two VPSHUFB lookups of its nibbles in a 16-entry table. Inlined
+// into loops, the table and mask constants stay in registers.
+inline __m256i byte_popcounts(__m256i x) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                       2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                         _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+}
+
 // Two rows of NW words: VPSHUFB nibble counts over the 32-byte chunks, POPCNT over the words left.
 // Beside micro_hamming on other rows it keeps the vector units busy as well as the integer ones.
 template <int NW>
 inline void micro_hamming_vec2(const uint8_t* q, const uint8_t* c, int32_t* out) {
   static_assert(NW >= 4 && NW < 128, "byte counts of NW / 4 chunks stay below 256");
   constexpr int64_t nb = 8 * NW;
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
-                                       2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  auto count = [&](__m256i x) {
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
-  };
   __m256i b0 = zero, b1 = zero;
   for (int64_t t = 0; t + 32 <= nb; t += 32) {
     const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + t));
-    b0 = _mm256_add_epi8(b0, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + t)))));
+    b0 = _mm256_add_epi8(b0, byte_popcounts(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + t)))));
     b1 = _mm256_add_epi8(
-        b1, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + nb + t)))));
+        b1, byte_popcounts(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + nb + t)))));
   }
   const __m256i s0 = _mm256_sad_epu8(b0, zero), s1 = _mm256_sad_epu8(b1, zero);
   const __m256i t2 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
@@ -425,22 +428,15 @@ inline uint64_t padded_word(const uint8_t* p, int64_t nbytes) {
 // Counts for 1 query x 8 rows (two groups of 4) over nw words; out8 gets the 8 counts.
 inline void micro_hamming_t(const uint64_t* qw, const uint64_t* t0, const uint64_t* t1, int64_t nw,
                             int32_t* out8) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
-                                       2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  auto count = [&](__m256i x) {
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
-  };
   __m256i acc0 = zero, acc1 = zero;
   for (int64_t w0 = 0; w0 < nw; w0 += 31) {  // byte counts stay <= 31 * 8 = 248
     const int64_t w1 = w0 + 31 < nw ? w0 + 31 : nw;
     __m256i b0 = zero, b1 = zero;
     for (int64_t w = w0; w < w1; ++w) {
       const __m256i qv = _mm256_set1_epi64x(int64_t(qw[w]));
-      b0 = _mm256_add_epi8(b0, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t0 + 4 * w)))));
-      b1 = _mm256_add_epi8(b1, count(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t1 + 4 * w)))));
+      b0 = _mm256_add_epi8(b0, byte_popcounts(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t0 + 4 * w)))));
+      b1 = _mm256_add_epi8(b1, byte_popcounts(_mm256_xor_si256(qv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t1 + 4 * w)))));
     }
     acc0 = _mm256_add_epi64(acc0, _mm256_sad_epu8(b0, zero));
     acc1 = _mm256_add_epi64(acc1, _mm256_sad_epu8(b1, zero));
