@@ -20,7 +20,7 @@ namespace {
 constexpr int64_t kQueryBlock = 8;   // queries per tile (scorers may ask for more)
 constexpr int64_t kTileRows = 64;    // corpus rows per tile: a tile of scores stays in L1
 constexpr int64_t kMinBytesPerThread = int64_t(4) << 20;  // corpus bytes x query blocks
-constexpr int64_t kMinStreamBytesPerThread = int64_t(32) << 20;  // the same for 1-2 queries
+constexpr int64_t kMinStreamBytesPerThread = int64_t(32) << 20;  // the same for 1-2 queries (streams)
 constexpr int64_t kFusedInt8MaxQueries = 16;  // measured break-even with the dequantised tile
 constexpr int64_t kHammingNibbleMinQueries = 4;  // measured: popcounts win up to 3 queries
 constexpr float kNormEps = 1e-12f;   // torch.nn.functional.normalize's clamp
@@ -110,12 +110,12 @@ bool scan(const Scorer& scorer, int64_t nq, int64_t n, int64_t k, int num_thread
   // A thread must get enough work to repay waking it (on a shared machine a sleeping thread can cost
   // a scheduler time slice); the result does not depend on the count.
   const double work = double(n) * double(std::max<int64_t>(1, scorer.row_bytes())) * double(nblocks);
-  int nt = int(std::max(1.0, std::min(double(num_threads), work / double(kMinBytesPerThread))));
   // One or two queries make a pure memory stream: a second thread adds ~15% from memory here (200k x
   // 384 float32, 1 query: 8.5 -> 7.3 ms, still ahead with a busy second core), but a small scan pays
   // more for waking it than it saves (Hamming 200k x 48 B: 0.26 -> 0.18 ms quiet, an 8 ms wait for the
-  // other thread when another job held its core). So threads only from 32 MB of rows per thread.
-  if (nq <= 2 && work < double(kMinStreamBytesPerThread) * 2) nt = 1;
+  // other thread when another job held its core). So such scans ask for 32 MB of rows per thread.
+  const int64_t min_bytes = nq <= 2 ? kMinStreamBytesPerThread : kMinBytesPerThread;
+  const int nt = int(std::max(1.0, std::min(double(num_threads), work / double(min_bytes))));
   std::atomic<bool> ok{true};
 
   if (nt == 1 || nblocks % nt == 0 || nblocks >= 4 * nt) {

@@ -348,11 +348,11 @@ def _gpu_search_backend() -> str:
     return value
 
 
-def _use_triton_search(corpus: Any, k: int) -> bool:
-    """Whether the fused Triton scan serves this device search: ``triton`` forces it and ``auto``
-    picks it when Triton runs here (compiled for a CUDA tensor, or the interpreter), as long as k fits
-    its register-resident top-k and the corpus is not float64; otherwise the blocked torch path runs."""
-    backend = _gpu_search_backend()
+def _use_triton_search(corpus: Any, k: int, backend: str) -> bool:
+    """Whether the fused Triton scan serves this device search under ``backend``
+    (:func:`_gpu_search_backend`): ``triton`` forces it and ``auto`` picks it when Triton runs here
+    (compiled for a CUDA tensor, or the interpreter), as long as k fits its register-resident top-k
+    and the corpus is not float64; otherwise the blocked torch path runs."""
     if backend in ("torch", "cuda") or k > TRITON_MAX_K or _dtype_name(corpus) == "float64":
         return False
     if backend == "triton":
@@ -394,13 +394,15 @@ def _search_torch(
 ) -> tuple[Any, Any]:
     """Device search (CUDA tensors): the fused Triton scan of ``embedcore.kernels.similarity`` for
     k <= ``TRITON_MAX_K``, else corpus blocks scored by cuBLAS or ``embedcore._cuda`` (dp4a int8,
-    popc Hamming); both rank unique int64 (score, index) keys exactly (``EMBEDCORE_GPU_SEARCH``
-    picks). Works on any device; the CPU runs it only in tests (Triton through its interpreter)."""
+    popc Hamming), or on request the fused CUDA kernels of ``embedcore.ops.search_cuda``; all rank
+    unique int64 (score, index) keys exactly (``EMBEDCORE_GPU_SEARCH`` picks). Works on any device;
+    the CPU runs it only in tests (Triton through its interpreter)."""
     import torch
 
     # The fused CUDA kernels (embedcore.ops.search_cuda) only on request until a GPU run has
     # measured them against the Triton scan; they decline (None) what they do not cover.
-    if kind != "int8_asym" and _gpu_search_backend() == "cuda":
+    backend = _gpu_search_backend()
+    if kind != "int8_asym" and backend == "cuda":
         from embedcore.ops.search_cuda import search_cuda
 
         fused = search_cuda(queries, corpus, k, metric)
@@ -420,7 +422,7 @@ def _search_torch(
         offset, scale = _int8_affine(ranges)
         affine = (torch.from_numpy(offset.astype(np.float32)).to(corpus.device),
                   torch.from_numpy(scale.astype(np.float32)).to(corpus.device))
-    if _use_triton_search(corpus, k):
+    if _use_triton_search(corpus, k, backend):
         from embedcore.kernels.similarity import search_fwd
 
         keys, nonfinite = search_fwd(q, corpus, k, metric, kind, affine)
