@@ -186,8 +186,9 @@ def _extensions() -> list:
 
 
 setup(
+    # embedcore/kernels is a relative symlink to the top-level kernels/ folder, which has no
+    # __init__.py: a checkout's root on sys.path must never shadow Hugging Face's `kernels` package.
     packages=["embedcore", "embedcore.ops", "embedcore.models", "embedcore.kernels"],
-    package_dir={"embedcore.kernels": "kernels"},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,
