@@ -204,7 +204,7 @@ def _clusters(
         names = _distinctive_words(texts, assign, n_clusters)
     return [
         {
-            "cluster": c,
+            "cluster": int(c),
             "name": names[c],
             "size": int(sizes[c]),
             "nearest_ids": [int(i) for i in nearest[c]],

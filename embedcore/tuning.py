@@ -255,6 +255,7 @@ class TuneResult:
                     [r[key] for r in front],
                     [r["recall"] for r in front],
                     color="tab:orange",
+                    drawstyle="steps-post",
                     label="Pareto front",
                 )
                 ax.axhline(self.target_recall, color="gray", linestyle="--", linewidth=1, label="target")
@@ -457,6 +458,7 @@ def tune(
     query_template: str | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    texts: list[str] | None = None,
 ) -> TuneResult:
     """Measures every index configuration on the corpus and recommends the cheapest that keeps recall.
 
@@ -480,6 +482,7 @@ def tune(
         query_template: prompt with ``{text}``; default :data:`embedcore.generate.QUERY_TEMPLATE`.
         batch_size: texts per forward pass when encoding.
         seed: seed of the held-out/generated sample.
+        texts: the corpus texts when ``corpus`` is embeddings (for ``generator``).
 
     Returns:
         A :class:`TuneResult`; ``.best`` is None when no configuration's lower bound reaches the target.
@@ -495,7 +498,8 @@ def tune(
         _positive(latency_queries, "latency_queries"),
     )
     need = min_queries(target_recall, confidence)
-    texts = None
+    if texts is not None and (not _is_texts(texts) or len(texts) != len(corpus)):
+        raise ValueError(f"texts must be a list of {len(corpus)} strings, one per corpus row")
     if _is_texts(corpus):
         if model is None:
             raise ValueError("corpus is a list of texts: pass model= to encode it")
