@@ -246,6 +246,8 @@ def add_commands(sub: Any) -> None:
         "--texts", metavar="FILE", help="texts of --embeddings' rows, shown with hubs and clusters"
     )
     p.add_argument("--duplicate-threshold", type=float, default=0.98, help="cosine of near-duplicates")
-    p.add_argument("--clusters", type=int, default=8, help="k-means clusters to name (0: none; default: 8)")
+    p.add_argument(
+        "--clusters", type=int, default=None, help="k-means clusters to name (0: none; default: 8)"
+    )
     p.add_argument("--cluster-template", metavar="FILE", help="prompt for --generator with {texts}")
     p.set_defaults(func=_cmd_inspect)

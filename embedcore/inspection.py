@@ -249,7 +249,7 @@ def inspect(
     duplicate_threshold: float = 0.98,
     dead_tolerance: float = 1e-4,
     n_hubs: int = 10,
-    n_clusters: int = 8,
+    n_clusters: int | None = None,
     calibration_size: int = 1000,
     generator: Any = None,
     cluster_template: str | None = None,
@@ -264,7 +264,7 @@ def inspect(
         duplicate_threshold: cosine at or above which two vectors are near-duplicates.
         dead_tolerance: a dimension is dead when its variance is at most this times the mean.
         n_hubs: hubs listed.
-        n_clusters: k-means clusters named (0: none).
+        n_clusters: k-means clusters named (0: none; default: 8, at most n).
         calibration_size: rows the int8 ranges are taken from.
         generator: a causal LM folder (or Generator) that names the clusters (needs ``texts``).
         cluster_template: prompt with ``{texts}``; default :data:`embedcore.generate.CLUSTER_TEMPLATE`.
@@ -276,7 +276,9 @@ def inspect(
         ``near_duplicate_groups``, ``norms``, ``precision_loss``, ``clusters``, ``seconds``.
     """
     started = time.perf_counter()
-    x = _check(embeddings, texts, k, duplicate_threshold, n_clusters)
+    x = _check(embeddings, texts, k, duplicate_threshold, 0 if n_clusters is None else n_clusters)
+    if n_clusters is None:
+        n_clusters = min(8, len(x))
     if generator is not None and texts is None:
         raise ValueError("generator= names clusters from their texts: pass texts")
     rng = np.random.default_rng(seed)
