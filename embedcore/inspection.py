@@ -279,8 +279,12 @@ def inspect(
     x = _check(embeddings, texts, k, duplicate_threshold, 0 if n_clusters is None else n_clusters)
     if n_clusters is None:
         n_clusters = min(8, len(x))
-    if generator is not None and texts is None:
-        raise ValueError("generator= names clusters from their texts: pass texts")
+    if generator is not None:
+        if texts is None:
+            raise ValueError("generator= names clusters from their texts: pass texts")
+        from embedcore.generate import load_generator
+
+        generator = load_generator(generator)  # a bad path fails before the work, not after
     rng = np.random.default_rng(seed)
     unit, norms = _unit_rows(x)
     n, dim = unit.shape
