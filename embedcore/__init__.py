@@ -25,7 +25,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. A module never shares its function's name (tune lives in
+# embedcore.tuning, inspect in embedcore.inspection): importing embedcore.X binds X on the package,
+# which would shadow the function of that name.
 _EXPORTS = {
     "info": "embedcore._backend",
     "topk": "embedcore.ops.topk",

@@ -370,14 +370,18 @@ def format_report(report: dict[str, Any], texts: list[str] | None = None, width:
         for h in report["hubs"]
     ]
     if hub_rows:
-        lines += ["", "top hubs:", text_table(hub_rows, ["id", "N_k"] + (["text"] if with_text else []))]
+        lines += [
+            "",
+            "top hubs:",
+            text_table(hub_rows, ["id", "N_k"] + (["text"] if with_text else []), (0, 2)),
+        ]
     for g in groups[:5]:
         shown = ", ".join(str(i) for i in g[:8]) + (" ..." if len(g) > 8 else "")
         example = f": {clip(texts[g[0]])}" if texts is not None else ""
         lines.append(f"duplicates [{shown}]{example}")
     if report["clusters"]:
         rows = [[str(c["cluster"]), str(c["size"]), clip(c["name"])] for c in report["clusters"]]
-        lines += ["", "clusters:", text_table(rows, ["cluster", "size", "name"])]
+        lines += ["", "clusters:", text_table(rows, ["cluster", "size", "name"], (0, 2))]
     return "\n".join(lines)
 
 

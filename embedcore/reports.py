@@ -55,12 +55,12 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], colu
     write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
-def text_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    """A plain aligned table: first column left-aligned, the others right-aligned."""
+def text_table(rows: Sequence[Sequence[str]], header: Sequence[str], left: Sequence[int] = (0,)) -> str:
+    """A plain aligned table: the columns numbered in ``left`` left-aligned, the others right-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
