@@ -49,3 +49,26 @@ def test_recommendation_meets_the_target_on_held_out_queries(encoded, target):
     held_out = np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth)])
     print(f"target {target}: {result.summary()}; unseen queries: {held_out:.4f}")
     assert held_out >= target, f"{result.best['name']}: {held_out:.4f} on unseen queries"
+
+
+def test_tune_encodes_texts_and_apply_keeps_them(tmp_path, capsys):
+    from embedcore import cli
+    from embedcore.corpus import unpack_text
+
+    rows = load_summaries(80)
+    docs = [r["extract"][:300] for r in rows]
+    queries = [r["title"] for r in rows][:40]
+    result = ec.tune(docs, queries, model=minilm_path(), k=3, target_recall=0.9, latency_queries=2)
+    assert (result.n_corpus, result.n_queries, result.dim, result.query_source) == (80, 40, 384, "given")
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(" ".join(d.split()) for d in docs))
+    titles = tmp_path / "titles.txt"
+    titles.write_text("\n".join(queries))
+    args = ["tune", "--input", str(corpus), "--queries", str(titles), "--model", minilm_path(), "-k", "3",
+            "--target-recall", "0.9", "--latency-queries", "2", "--apply", str(tmp_path / "idx")]  # fmt: skip
+    assert cli.main(args) == 0
+    assert "recommended:" in capsys.readouterr().out
+    index = ec.Index.load(tmp_path / "idx")
+    assert len(index) == 80 and index.metadata["model"] == minilm_path()
+    store = index.extra_arrays
+    assert unpack_text(store["doc_text"], store["doc_offsets"], 7) == " ".join(docs[7].split())
