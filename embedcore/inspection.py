@@ -75,6 +75,32 @@ def _neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(scores, self_last, 1)[:, :keep], np.take_along_axis(ids, self_last, 1)[:, :keep]
 
 
+def _roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The union-find roots of the elements ``x`` (pointer chasing, vectorised)."""
+    r = parent[x]
+    while True:
+        up = parent[r]
+        if np.array_equal(up, r):
+            return r
+        r = up
+
+
+def _union(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Joins the sets of each pair (a[i], b[i]) in place; a root always points to a smaller root."""
+    while len(a):
+        ra, rb = _roots(parent, a), _roots(parent, b)
+        apart = ra != rb
+        if not apart.any():
+            return
+        a, b = a[apart], b[apart]
+        # Several pairs may hang one root under different roots: the smallest wins, the loop redoes the rest.
+        np.minimum.at(parent, np.maximum(ra[apart], rb[apart]), np.minimum(ra[apart], rb[apart]))
+
+
+# Largest (rows x neighbours) block searched at once while widening neighbour lists.
+_WIDEN_BLOCK = 1 << 22
+
+
 def _duplicate_groups(
     unit: np.ndarray, scores: np.ndarray, ids: np.ndarray, threshold: float
 ) -> list[list[int]]:
@@ -82,33 +108,30 @@ def _duplicate_groups(
     n = len(unit)
     parent = np.arange(n)
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     def link(rows: np.ndarray, s: np.ndarray, i: np.ndarray) -> None:
-        for r, col in zip(*np.nonzero(s >= threshold)):
-            a, b = find(int(rows[r])), find(int(i[r, col]))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+        r, col = np.nonzero(s >= threshold)
+        _union(parent, rows[r], i[r, col])
 
     rows = np.arange(n)
     link(rows, scores, ids)
-    # Rows whose whole neighbour list clears the threshold may have more such neighbours: widen.
+    # Rows whose whole neighbour list clears the threshold may have more such neighbours: widen
+    # their lists (in blocks, so thousands of identical rows do not need an n x n result at once).
     width = scores.shape[1]
     todo = rows[scores[:, -1] >= threshold] if width else rows[:0]
     while len(todo) and width < n - 1:
         width = min(2 * width, n - 1)
-        s, i = _neighbours_of(unit, todo, width)
-        link(todo, s, i)
-        todo = todo[s[:, -1] >= threshold]
-    roots = np.array([find(a) for a in range(n)])
-    groups: dict[int, list[int]] = {}
-    for a, root in enumerate(roots):
-        groups.setdefault(int(root), []).append(a)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+        step = max(1, _WIDEN_BLOCK // width)
+        still = []
+        for start in range(0, len(todo), step):
+            block = todo[start : start + step]
+            s, i = _neighbours_of(unit, block, width)
+            link(block, s, i)
+            still.append(block[s[:, -1] >= threshold])
+        todo = np.concatenate(still)
+    roots = _roots(parent, rows)
+    order = np.argsort(roots, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(roots[order])) + 1)
+    return sorted((g.tolist() for g in groups if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 
 def _neighbours_of(unit: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,17 +17,24 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def brute_groups(x: np.ndarray, threshold: float) -> list[list[int]]:
+    """Connected components of the full cosine >= threshold graph, by breadth-first search."""
     u = unit(x)
-    sims = u @ u.T
-    n = len(x)
-    label = list(range(n))
-    for i, j in zip(*np.nonzero(np.triu(sims >= threshold, 1))):
-        old, new = max(label[i], label[j]), min(label[i], label[j])
-        label = [new if lab == old else lab for lab in label]
-    groups: dict[int, list[int]] = {}
-    for i, lab in enumerate(label):
-        groups.setdefault(lab, []).append(i)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    adjacent = (u @ u.T) >= threshold
+    seen = np.zeros(len(x), bool)
+    groups = []
+    for start in range(len(x)):
+        if seen[start]:
+            continue
+        member = np.zeros(len(x), bool)
+        member[start] = True
+        frontier = member.copy()
+        while frontier.any():
+            frontier = adjacent[frontier].any(0) & ~member
+            member |= frontier
+        seen |= member
+        if member.sum() > 1:
+            groups.append(np.flatnonzero(member).tolist())
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
 def test_anisotropy_and_effective_rank_match_numpy(rng):
@@ -89,6 +96,18 @@ def test_a_low_threshold_links_everything_with_widening(rng):
     x = (rng.normal(size=(150, 6)) + 4).astype(np.float32)  # all in one narrow cone
     report = ec.inspect(x, k=3, duplicate_threshold=0.5, n_clusters=0)
     assert report["near_duplicate_groups"] == brute_groups(x, 0.5)
+
+
+def test_thousands_of_identical_rows_widen_in_blocks(rng, monkeypatch):
+    from embedcore import inspection
+
+    monkeypatch.setattr(inspection, "_WIDEN_BLOCK", 5000)  # many blocks per widening step
+    x = rng.normal(size=(1700, 10)).astype(np.float32)
+    x[200:1500] = x[3]  # 1,301 tied copies
+    x[1600:1700] = x[1599] * 2
+    report = ec.inspect(x, k=3, duplicate_threshold=0.999, n_clusters=0)
+    assert report["near_duplicate_groups"] == brute_groups(x, 0.999)
+    assert len(report["near_duplicate_groups"][0]) == 1301
 
 
 def test_precision_loss_and_int8_clipping(rng):
