@@ -11,6 +11,8 @@ Public API (see README and ../shared/DESIGN.md for the contract)::
     ec.bidirectional(model); ec.accelerate(st_model)
     ec.Embedder.from_pretrained(path).encode(sentences)
     ec.Index(dim, precision="float32", metric="cos"); ec.semantic_search(q, corpus, top_k=10)
+    ec.tune(corpus, queries=None, k=10, target_recall=0.95).best; ec.Index.from_tune(row, corpus)
+    ec.inspect(embeddings, texts=None)   # anisotropy, effective_rank, hubness_skew, ...
 
 Names resolve lazily, so ``import embedcore`` stays cheap and works without triton, without the
 CUDA extension and without a GPU.
@@ -23,7 +25,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. A module never shares its function's name (tune lives in
+# embedcore.tuning, inspect in embedcore.inspection): importing embedcore.X binds X on the package,
+# which would shadow the function of that name.
 _EXPORTS = {
     "info": "embedcore._backend",
     "topk": "embedcore.ops.topk",
@@ -39,6 +43,8 @@ _EXPORTS = {
     "Embedder": "embedcore.models.embedder",
     "Index": "embedcore.index",
     "semantic_search": "embedcore.index",
+    "tune": "embedcore.tuning",
+    "inspect": "embedcore.inspection",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

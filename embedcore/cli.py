@@ -2,7 +2,8 @@
 
 ``info`` (live backends), ``encode`` (texts -> .npy), ``index build`` / ``index add`` (an index folder
 holding the vectors, their texts and the model that made them), ``search``, ``bench`` (the benchmark
-runner of :mod:`embedcore.bench`) and ``demo`` (the README's main job, :mod:`embedcore.demo`).
+runner of :mod:`embedcore.bench`), ``demo`` (the README's main job, :mod:`embedcore.demo`), and
+``tune`` / ``inspect`` (:mod:`embedcore.cli_tune`).
 
 Every usage error (a missing file, an empty corpus, a JSONL line without the field, a query of the
 wrong dim, an index from a newer format) is one line on stderr and exit code 2; outputs are written
@@ -336,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
+
+    from embedcore.cli_tune import add_commands
+
+    add_commands(sub)  # tune, inspect
     return parser
 
 

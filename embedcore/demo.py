@@ -10,8 +10,9 @@
    the mean in parentheses) of embedcore, FAISS (IndexFlatIP, IndexScalarQuantizer 8-bit,
    IndexBinaryFlat) and numpy on the same data, timed interleaved query by query so that load on a
    shared machine hits all three alike, the ratio of the medians, index bytes per vector, encode
-   throughput, and the smallest rescore multiplier that reaches a requested recall (estimated on
-   corpus rows used as queries).
+   throughput, the smallest rescore multiplier that reaches a requested recall (estimated on
+   corpus rows used as queries), and the configuration ``embedcore tune`` recommends for the
+   requested recall with the description queries.
 """
 
 from __future__ import annotations
@@ -296,6 +297,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
+def _print_recommendation(corpus: np.ndarray, queries: np.ndarray, target: float) -> None:
+    """Prints what ``embedcore tune`` recommends for this corpus with the description queries."""
+    from embedcore.tuning import tune
+
+    try:
+        result = tune(corpus, queries, k=K, target_recall=target, latency_queries=50)
+    except ValueError as exc:
+        print(f"tune: {exc}")
+        return
+    print(f"tune ({len(result.rows)} configurations, {result.seconds:.1f} s): {result.summary()}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the demo and prints its report; returns the exit code (0)."""
     from embedcore import _backend
@@ -418,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"rescore multiplier for recall {args.target_recall}: {exc}")
+    _print_recommendation(corpus, queries, args.target_recall)
     checks = [
         *([("float32 ids == FAISS IndexFlatIP", same == len(queries))] if same is not None else []),
         (f"int8 asymmetric recall >= 0.99 ({recalls['int8']:.4f})", recalls["int8"] >= 0.99),

@@ -731,6 +731,40 @@ class Index:
         self.rescore_multiplier = best[0]
         return best
 
+    @classmethod
+    def from_tune(cls, row: Any, corpus: Any) -> Index:
+        """Builds the configuration one :func:`embedcore.tune` row describes over ``corpus``.
+
+        Args:
+            row: a row of ``TuneResult.rows`` (a dict with ``precision``, ``rescore``,
+                ``rescore_multiplier``, ``truncate_dim``, ``metric``), or a ``TuneResult`` (its
+                ``best``).
+            corpus: (n, dim) float embeddings; cut to ``truncate_dim`` columns when that is
+                smaller (queries must then be cut the same way; ``metadata["truncate_dim"]`` says so).
+
+        Raises:
+            ValueError: no recommendation (``best`` is None), a row without those keys, or a
+                ``truncate_dim`` above the corpus dim.
+        """
+        row = getattr(row, "best", row)
+        if row is None:
+            raise ValueError("the tune result recommends no configuration (best is None): nothing to build")
+        if not isinstance(row, dict):
+            raise TypeError(f"row must be a tune row (dict) or a TuneResult, got {type(row).__name__}")
+        missing = [key for key in ("precision", "rescore", "truncate_dim", "metric") if key not in row]
+        if missing:
+            raise ValueError(f"row is not a tune row: it lacks {missing}")
+        check_array(corpus, "corpus")
+        if corpus.ndim != 2:
+            raise ValueError(f"corpus must be 2-D (n, dim), got shape {tuple(corpus.shape)}")
+        dim = _positive_int(row["truncate_dim"], "truncate_dim")
+        if dim > int(corpus.shape[1]):
+            raise ValueError(f"truncate_dim {dim} is above the corpus dim {int(corpus.shape[1])}")
+        index = cls(dim, row["precision"], row["metric"], row["rescore"], row.get("rescore_multiplier") or 4)
+        index.add(corpus[:, :dim])
+        index.metadata["truncate_dim"] = dim
+        return index
+
     # ---------------------------------------------------------------- persistence
 
     def save(self, path: str | os.PathLike[str], extra_arrays: dict[str, np.ndarray] | None = None) -> None:
