@@ -111,7 +111,10 @@ def _check_output_dir(path: str) -> None:
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"--output {path}: the folder {parent} does not exist")
-    if Path(path).exists() and not (Path(path) / "manifest.json").is_file():
+    from embedcore.persist import is_saved_folder
+
+    out = Path(path)
+    if out.exists() and not (is_saved_folder(out) or (out.is_dir() and not any(out.iterdir()))):
         raise ValueError(f"--output {path} exists and is not an embedcore index; refusing to replace it")
 
 

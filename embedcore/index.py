@@ -42,6 +42,7 @@ values, so the same results either way). The cache is memory only: never saved, 
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Any, Literal
 
@@ -107,6 +108,52 @@ def _normalize(x: np.ndarray, name: str) -> np.ndarray:
         row = int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
     return np.divide(x64, norms[:, None], out=x64).astype(np.float32)
+
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _checked_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The index fields of a manifest's metadata, each present and of its type, or the
+    :class:`persist.CorruptFolderError` naming the folder and the field."""
+
+    def bad(field: str, why: str) -> persist.CorruptFolderError:
+        return persist.CorruptFolderError(f"{where}: invalid index manifest: metadata.{field} {why}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = {
+        "dim": (lambda v: is_int(v) and v >= 1, "must be a positive int"),
+        "precision": (lambda v: v in PRECISIONS, f"must be one of {PRECISIONS}"),
+        "metric": (lambda v: v in METRICS, f"must be one of {METRICS}"),
+        "rescore": (lambda v: v in (None, "int8", "float32"), "must be null, 'int8' or 'float32'"),
+        "rescore_multiplier": (lambda v: is_int(v) and v >= 1, "must be a positive int"),
+        "count": (lambda v: is_int(v) and 0 <= v <= _INT64_MAX, "must be a non-negative int"),
+        "next_id": (lambda v: is_int(v) and 0 <= v <= _INT64_MAX + 1, "must be a non-negative int"),
+        "user": (lambda v: isinstance(v, dict), "must be an object"),
+    }
+    for field, (ok, why) in checks.items():
+        if field not in meta:
+            raise bad(field, "is missing")
+        if not ok(meta[field]):
+            raise bad(field, f"{why}, got {meta[field]!r}")
+    return meta
+
+
+def _shrunk_map(array: Any) -> str | None:
+    """The file behind a memory-mapped ``array`` (or a view of one) if it is now shorter than the
+    mapping, else None. Asks the mapping's own descriptor, so a file deleted meanwhile is fine."""
+    while isinstance(array, np.ndarray):
+        if isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None:
+            m = array._mmap
+            start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+            try:
+                return array.filename if m.size() < start + len(m) else None
+            except (ValueError, OSError):  # a closed mapping is never read again
+                return None
+        array = array.base
+    return None
 
 
 class _Rows:
@@ -307,6 +354,26 @@ class Index:
             raise ValueError("ranges must be finite with ranges[0] (min) <= ranges[1] (max)")
         return r.astype(np.float32)
 
+    def verify(self) -> None:
+        """Checks that the files a memory-mapped index reads still have the sizes they were loaded with.
+
+        A file truncated by another program after :meth:`load` would crash the interpreter (SIGBUS)
+        on the next read of its missing pages; :meth:`add`, :meth:`remove` and :meth:`save` call this
+        first. A search does not (an ``fstat`` per mapped array per query): call it after anything may have
+        touched the folder, or load with ``mmap=False``.
+
+        Raises:
+            embedcore.persist.CorruptFolderError: a mapped file shrank.
+        """
+        arrays = [rows.view() for rows in (self._ids, self._codes, self._extra) if rows is not None]
+        for array in [*arrays, *self.extra_arrays.values()]:
+            file = _shrunk_map(array)
+            if file is not None:
+                raise persist.CorruptFolderError(
+                    f"{file} shrank after it was memory-mapped (another program truncated it); reading "
+                    "it would crash the interpreter: load the index again"
+                )
+
     # ---------------------------------------------------------------- add / remove
 
     def _float_rows(self, x: Any, name: str) -> Any:
@@ -369,6 +436,10 @@ class Index:
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
+            if self._next_id + n - 1 > _INT64_MAX:
+                raise ValueError(
+                    f"ids: default ids from {self._next_id} would exceed the int64 maximum; pass ids explicitly"
+                )
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         # Tensors on any device (a device index's own ids, say): the bookkeeping runs on the host.
         arr = _host(ids) if (isinstance(ids, np.ndarray) or is_tensor(ids)) else np.asarray(ids)
@@ -401,6 +472,7 @@ class Index:
             ValueError: wrong shape or dim, NaN/inf, zero vectors under cos, duplicate ids, or a
                 first int8 add of a single row without ``ranges``.
         """
+        self.verify()
         x = self._float_rows(embeddings, "embeddings")
         new_ids = self._new_ids(ids, len(x))
         if len(x) == 0:
@@ -450,9 +522,12 @@ class Index:
         Raises:
             KeyError: an id that is not in the index.
         """
+        self.verify()
         arr = np.asarray(_host(ids)).reshape(-1)
         if arr.size and arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+            raise ValueError(f"ids must fit in int64, got {int(arr.max())}")
         arr = arr.astype(np.int64)
         stored = _host(self._ids.view())
         missing = ~np.isin(arr, stored)
@@ -743,6 +818,7 @@ class Index:
             extra_arrays: optional named numpy arrays stored and verified alongside (for example a
                 document store); :meth:`load` returns them in :attr:`extra_arrays`.
         """
+        self.verify()
         arrays = {"ids": _host(self._ids.view()), "codes": _host(self._codes.view())}
         if self._extra is not None:
             arrays["rescore_vectors"] = _host(self._extra.view())
@@ -783,24 +859,15 @@ class Index:
                 or newer-format folder.
         """
         manifest, arrays = persist.load_folder(path, FORMAT, FORMAT_VERSION, mmap=mmap, verify=verify)
-        meta = manifest["metadata"]
         where = os.fspath(path)
+        meta = _checked_meta(manifest["metadata"], where)
+        count, next_id = meta["count"], meta["next_id"]
         try:
-            idx = cls(
-                meta["dim"],
-                meta["precision"],
-                meta["metric"],
-                meta["rescore"],
-                meta["rescore_multiplier"],
-                arrays.get("ranges"),
-            )
-            count, next_id = meta["count"], meta["next_id"]
-            for name, value in (("count", count), ("next_id", next_id)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-            ids = arrays["ids"]
-        except (KeyError, TypeError, ValueError) as exc:
+            idx = cls(meta["dim"], meta["precision"], meta["metric"], meta["rescore"],
+                      meta["rescore_multiplier"], arrays.get("ranges"))
+        except (TypeError, ValueError) as exc:
             raise persist.CorruptFolderError(f"{where}: inconsistent index manifest ({exc})") from None
+        ids = arrays.get("ids")
         expected = {
             "ids": ((count,), np.int64),
             "codes": ((count, idx._codes.view().shape[1]), idx._codes.view().dtype),
@@ -819,7 +886,7 @@ class Index:
         if idx._extra is not None:
             idx._extra = _Rows(arrays["rescore_vectors"])
         idx._next_id = int(next_id)
-        idx.metadata = dict(meta.get("user") or {})
+        idx.metadata = dict(meta["user"])
         idx.extra_arrays = {name: a for name, a in arrays.items() if name not in _RESERVED}
         return idx if device is None else idx.to(device)
 
