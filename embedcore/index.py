@@ -438,7 +438,7 @@ class Index:
         if ids is None:
             if self._next_id + n - 1 > _INT64_MAX:
                 raise ValueError(
-                    f"ids: default ids from {self._next_id} would exceed the int64 maximum; pass ids explicitly"
+                    f"ids: default ids from {self._next_id} would pass the int64 maximum; pass ids explicitly"
                 )
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         # Tensors on any device (a device index's own ids, say): the bookkeeping runs on the host.
