@@ -275,7 +275,12 @@ class Index:
         else:
             import torch
 
-            device = torch.device(device)
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"Invalid device {device!r} ({exc})") from None
+            if device.type == "meta":
+                raise ValueError("Invalid device 'meta': an index needs a device that holds values")
 
             def convert(a: Any) -> Any:
                 if is_tensor(a):

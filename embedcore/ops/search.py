@@ -204,14 +204,53 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinity")
 
 
+def _pow2_row_scales(rowmax: np.ndarray) -> np.ndarray:
+    """Exponents ``e`` (int) with ``rowmax * 2**-e`` in [0.5, 1) (0 for zero rows): scaling a row by a
+    power of two is exact and leaves its cosine unchanged."""
+    return np.frexp(rowmax)[1]
+
+
 def _float32_queries(q: Any, metric: str) -> np.ndarray:
-    """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12)."""
+    """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12).
+
+    ``cos`` rows are first scaled by a power of two to a maximum below 1, so a float64 row of huge
+    (or tiny) values normalises like any other instead of overflowing its square sum.
+
+    Raises:
+        ValueError: NaN/inf, or (other metrics) float64 values beyond the float32 range.
+    """
     q = _to_numpy(q, "queries")
     _check_finite(q, "queries")
     if metric == "cos":
         q64 = q.astype(np.float64)
-        q = q64 / np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), _NORM_EPS)
+        exps = _pow2_row_scales(np.abs(q64).max(axis=1, keepdims=True))
+        unit = np.ldexp(q64, -exps)  # exact: the same quotients as q64 / |q64|, without overflow
+        unorm = np.linalg.norm(unit, axis=1, keepdims=True)
+        tiny = np.ldexp(unorm, exps) < _NORM_EPS
+        q = np.where(tiny, q64 / _NORM_EPS, unit / np.where(unorm > 0, unorm, 1.0))
+    elif q.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            q32 = q.astype(np.float32)
+        if not np.isfinite(q32).all():
+            raise ValueError("queries holds float64 values beyond the float32 range (+-3.4e38); "
+                             "scores are computed in float32")
+        return np.ascontiguousarray(q32)
     return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def _cos_safe_corpus(c: np.ndarray) -> np.ndarray | None:
+    """None when every row of float ``c`` (N, dim) has a finite float32 square sum (the native cos
+    kernel sums squares in float32), else a float32 copy whose other rows are scaled by a power of
+    two (exact: cosines unchanged). One read pass over ``c`` in the common case."""
+    # Values under sqrt(FLT_MAX / dim) / 2 keep a float32 square sum finite.
+    limit = np.sqrt(np.finfo(np.float32).max / c.shape[1]) / 2
+    if max(float(c.max()), -float(c.min())) < limit:
+        return None
+    rowmax = np.abs(c).max(axis=1)
+    big = np.flatnonzero(rowmax >= limit)
+    scaled = c.astype(np.float32)
+    scaled[big] = np.ldexp(c[big], -_pow2_row_scales(rowmax[big])[:, None]).astype(np.float32)
+    return scaled
 
 
 def _native_corpus(corpus: Any) -> tuple[np.ndarray, str]:
@@ -251,7 +290,12 @@ def _search_native(
     if kind == "int8_asym":
         offset, scale = _checked_affine(ranges, int(corpus.shape[1]))
     q = _float32_queries(queries, metric)
-    c, fmt = _native_corpus(corpus)
+    c, fmt = None, "f32"
+    if metric == "cos" and kind == "float" and _dtype_name(corpus) != "float16":
+        # Rows of huge values would overflow the kernel's float32 square sums (a score of 0).
+        c = _cos_safe_corpus(_to_numpy(corpus, "corpus"))
+    if c is None:
+        c, fmt = _native_corpus(corpus)
     return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
 
 
