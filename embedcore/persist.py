@@ -402,8 +402,12 @@ def _read_live_manifest(path: Path, kind: str, max_version: int) -> tuple[Path, 
     return folder, _parse_manifest(file, data, kind, max_version)
 
 
-def _npy_data_bytes(file: Path) -> tuple[int, int]:
-    """(header length, data bytes its header declares) of a ``.npy`` file, without reading the data."""
+def npy_data_bytes(file: str | os.PathLike[str]) -> tuple[int, int]:
+    """(header length, data bytes its header declares) of a ``.npy`` file, without reading the data.
+
+    Raises:
+        CorruptFolderError: an unreadable header, or one that asks for pickle.
+    """
     fmt = np.lib.format
     with open(file, "rb") as f:
         try:
@@ -449,7 +453,7 @@ def _load_version(path: Path, kind: str, max_version: int, mmap: bool, verify: b
                 f"{file} has {size} bytes, the manifest records {entry['bytes']} (truncated or altered)"
             )
         # The header's claim is checked against the size before anything is allocated or mapped.
-        header, data = _npy_data_bytes(file)
+        header, data = npy_data_bytes(file)
         if header + data != size:
             raise CorruptFolderError(
                 f"{file}: its .npy header declares {data} data bytes, the file holds {size - header}"
