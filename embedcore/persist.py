@@ -127,10 +127,23 @@ def _read_pointer(path: Path) -> tuple[str, str] | None:
     return match.group(1), match.group(2)
 
 
+def _is_legacy(path: Path) -> bool:
+    """Whether ``path`` holds an embedcore manifest of the single-folder layout (not just any file
+    called manifest.json: a save into the folder would later delete the files it names)."""
+    file = path / MANIFEST
+    try:
+        if file.stat().st_size > _CHUNK:
+            return False
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and {"format", "format_version", "arrays"} <= manifest.keys()
+
+
 def is_saved_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder written by :func:`save_folder` (either layout)."""
     path = Path(path)
-    return path.is_dir() and ((path / POINTER).is_file() or (path / MANIFEST).is_file())
+    return path.is_dir() and ((path / POINTER).is_file() or _is_legacy(path))
 
 
 def current_folder(path: str | os.PathLike[str]) -> Path:
@@ -179,7 +192,11 @@ def _foreign_entries(path: Path) -> list[str]:
     """Names in ``path`` that no embedcore save wrote (empty for an empty or embedcore folder)."""
     if is_saved_folder(path):
         return []
-    return sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    # A first save into the folder that died leaves only names of ours: .tmp-*, a version, the lock.
+    return sorted(
+        p.name for p in path.iterdir()
+        if p.name != LOCK and not p.name.startswith((_TMP, _TRASH)) and not _VERSION.match(p.name)
+    )
 
 
 def _legacy_files(path: Path) -> list[Path]:

@@ -182,3 +182,39 @@ def test_kill_9_at_each_save_step_leaves_a_loadable_index(step, tmp_path):
     assert not [n for n in names if n.startswith((".tmp", ".trash"))]
     assert len([n for n in names if n.startswith("v")]) == 2
     assert _check_consistent(Index.load(path)) == expected
+
+
+def test_a_killed_first_save_does_not_block_the_next(tmp_path):
+    path = tmp_path / "idx"
+    for step in ("written", "renamed"):
+        child = _run(
+            """
+            def die(name):
+                if name == sys.argv[2]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            persist._step = die
+            save(sys.argv[1], 1)
+            """,
+            str(path),
+            step,
+        )
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        with pytest.raises(FileNotFoundError):
+            Index.load(path)
+    idx = Index(4)
+    idx.add(np.eye(4, dtype=np.float32))
+    idx.save(path)
+    assert len(Index.load(path)) == 4
+    assert sorted(p.name for p in path.iterdir()) == [persist.LOCK, persist.POINTER, "v00000002"]
+
+
+def test_a_foreign_manifest_json_is_not_taken_for_an_index(tmp_path):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app", "icons": []}')
+    idx = Index(4)
+    idx.add(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="not an embedcore folder"):
+        idx.save(web)
+    assert (web / "manifest.json").read_text() == '{"name": "my app", "icons": []}'
