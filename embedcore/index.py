@@ -113,7 +113,7 @@ def _normalize(x: np.ndarray, name: str) -> np.ndarray:
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
 
-def _checked_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+def _checked_meta(meta: Any, where: str) -> dict[str, Any]:
     """The index fields of a manifest's metadata, each present and of its type, or the
     :class:`persist.CorruptFolderError` naming the folder and the field."""
 
@@ -123,6 +123,8 @@ def _checked_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
+    if not isinstance(meta, dict):
+        raise persist.CorruptFolderError(f"{where}: invalid index manifest: metadata is missing")
     checks = {
         "dim": (lambda v: is_int(v) and v >= 1, "must be a positive int"),
         "precision": (lambda v: v in PRECISIONS, f"must be one of {PRECISIONS}"),
@@ -865,7 +867,7 @@ class Index:
         """
         manifest, arrays = persist.load_folder(path, FORMAT, FORMAT_VERSION, mmap=mmap, verify=verify)
         where = os.fspath(path)
-        meta = _checked_meta(manifest["metadata"], where)
+        meta = _checked_meta(manifest.get("metadata"), where)
         count, next_id = meta["count"], meta["next_id"]
         try:
             idx = cls(meta["dim"], meta["precision"], meta["metric"], meta["rescore"],

@@ -199,6 +199,7 @@ def test_manifest_checks(rng, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
+        (lambda m: m.pop("metadata"), r"invalid index manifest: metadata is missing"),
         (lambda m: m["metadata"].pop("next_id"), r"metadata\.next_id is missing"),
         (lambda m: m["metadata"].pop("user"), r"metadata\.user is missing"),
         (lambda m: m["metadata"].update(user=5), r"metadata\.user must be an object, got 5"),
