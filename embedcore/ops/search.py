@@ -49,6 +49,8 @@ _ASCENDING = ("l2", "hamming")
 # Largest corpus the int64 index / key packing supports.
 MAX_CORPUS = 2**31 - 1
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+# Corpora up to this size are range-checked for cos with numpy (cache-resident, no thread start-up).
+_SMALL_CORPUS_BYTES = 16 << 20
 _NORM_EPS = 1e-12
 # int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
 _INT8_L2_MAX_DIM = 33025
@@ -241,10 +243,22 @@ def _float32_queries(q: Any, metric: str) -> np.ndarray:
 def _cos_safe_corpus(c: np.ndarray) -> np.ndarray | None:
     """None when every row of float ``c`` (N, dim) has a finite float32 square sum (the native cos
     kernel sums squares in float32), else a float32 copy whose other rows are scaled by a power of
-    two (exact: cosines unchanged). One read pass over ``c`` in the common case."""
+    two (exact: cosines unchanged).
+
+    The common case costs one read pass over ``c`` (numpy's min and max while it fits in cache,
+    a multithreaded ``torch.aminmax`` beyond): about one memory-bound scan, so a single-query cos
+    search over a corpus far beyond the caches takes up to twice as long as the scan alone. Only the
+    native kernel could flag an infinite square sum for free.
+    """
     # Values under sqrt(FLT_MAX / dim) / 2 keep a float32 square sum finite.
     limit = np.sqrt(np.finfo(np.float32).max / c.shape[1]) / 2
-    if max(float(c.max()), -float(c.min())) < limit:
+    if c.nbytes <= _SMALL_CORPUS_BYTES:
+        low, high = c.min(), c.max()
+    else:
+        import torch
+
+        low, high = torch.aminmax(torch.from_numpy(c))
+    if max(float(high), -float(low)) < limit:
         return None
     rowmax = np.abs(c).max(axis=1)
     big = np.flatnonzero(rowmax >= limit)
