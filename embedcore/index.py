@@ -42,7 +42,6 @@ values, so the same results either way). The cache is memory only: never saved, 
 
 from __future__ import annotations
 
-import mmap
 import os
 from typing import Any, Literal
 
@@ -50,6 +49,7 @@ import numpy as np
 
 from embedcore import _backend, persist
 from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
+from embedcore._index_meta import INT64_MAX, checked_meta
 from embedcore.ops.quantize import dequantize, quantization_ranges, quantize
 from embedcore.ops.search import search
 
@@ -108,54 +108,6 @@ def _normalize(x: np.ndarray, name: str) -> np.ndarray:
         row = int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"{name} row {row} is a zero vector; its cosine similarity is undefined")
     return np.divide(x64, norms[:, None], out=x64).astype(np.float32)
-
-
-_INT64_MAX = int(np.iinfo(np.int64).max)
-
-
-def _checked_meta(meta: Any, where: str) -> dict[str, Any]:
-    """The index fields of a manifest's metadata, each present and of its type, or the
-    :class:`persist.CorruptFolderError` naming the folder and the field."""
-
-    def bad(field: str, why: str) -> persist.CorruptFolderError:
-        return persist.CorruptFolderError(f"{where}: invalid index manifest: metadata.{field} {why}")
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not isinstance(meta, dict):
-        raise persist.CorruptFolderError(f"{where}: invalid index manifest: metadata is missing")
-    checks = {
-        "dim": (lambda v: is_int(v) and v >= 1, "must be a positive int"),
-        "precision": (lambda v: v in PRECISIONS, f"must be one of {PRECISIONS}"),
-        "metric": (lambda v: v in METRICS, f"must be one of {METRICS}"),
-        "rescore": (lambda v: v in (None, "int8", "float32"), "must be null, 'int8' or 'float32'"),
-        "rescore_multiplier": (lambda v: is_int(v) and v >= 1, "must be a positive int"),
-        "count": (lambda v: is_int(v) and 0 <= v <= _INT64_MAX, "must be a non-negative int"),
-        "next_id": (lambda v: is_int(v) and 0 <= v <= _INT64_MAX + 1, "must be a non-negative int"),
-        "user": (lambda v: isinstance(v, dict), "must be an object"),
-    }
-    for field, (ok, why) in checks.items():
-        if field not in meta:
-            raise bad(field, "is missing")
-        if not ok(meta[field]):
-            raise bad(field, f"{why}, got {meta[field]!r}")
-    return meta
-
-
-def _shrunk_map(array: Any) -> str | None:
-    """The file behind a memory-mapped ``array`` (or a view of one) if it is now shorter than the
-    mapping, else None. Asks the mapping's own descriptor, so a file deleted meanwhile is fine."""
-    while isinstance(array, np.ndarray):
-        if isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None:
-            m = array._mmap
-            start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
-            try:
-                return array.filename if m.size() < start + len(m) else None
-            except (ValueError, OSError):  # a closed mapping is never read again
-                return None
-        array = array.base
-    return None
 
 
 class _Rows:
@@ -374,7 +326,7 @@ class Index:
         """
         arrays = [rows.view() for rows in (self._ids, self._codes, self._extra) if rows is not None]
         for array in [*arrays, *self.extra_arrays.values()]:
-            file = _shrunk_map(array)
+            file = persist.shrunk_map(array)
             if file is not None:
                 raise persist.CorruptFolderError(
                     f"{file} shrank after it was memory-mapped (another program truncated it); reading "
@@ -443,7 +395,7 @@ class Index:
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
-            if self._next_id + n - 1 > _INT64_MAX:
+            if self._next_id + n - 1 > INT64_MAX:
                 raise ValueError(
                     f"ids: default ids from {self._next_id} would pass the int64 maximum; pass ids explicitly"
                 )
@@ -533,7 +485,7 @@ class Index:
         arr = np.asarray(_host(ids)).reshape(-1)
         if arr.size and arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > INT64_MAX:
             raise ValueError(f"ids must fit in int64, got {int(arr.max())}")
         arr = arr.astype(np.int64)
         stored = _host(self._ids.view())
@@ -867,7 +819,7 @@ class Index:
         """
         manifest, arrays = persist.load_folder(path, FORMAT, FORMAT_VERSION, mmap=mmap, verify=verify)
         where = os.fspath(path)
-        meta = _checked_meta(manifest.get("metadata"), where)
+        meta = checked_meta(manifest.get("metadata"), where, PRECISIONS, METRICS)
         count, next_id = meta["count"], meta["next_id"]
         try:
             idx = cls(meta["dim"], meta["precision"], meta["metric"], meta["rescore"],

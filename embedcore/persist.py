@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -489,6 +490,21 @@ def _load_version(path: Path, kind: str, max_version: int, mmap: bool, verify: b
         arrays[name] = array
     manifest["folder"] = str(folder)
     return manifest, arrays
+
+
+def shrunk_map(array: Any) -> str | None:
+    """The file behind a memory-mapped ``array`` (or a view of one) if it is now shorter than the
+    mapping, else None. Asks the mapping's own descriptor, so a file deleted meanwhile is fine."""
+    while isinstance(array, np.ndarray):
+        if isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None:
+            m = array._mmap
+            start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+            try:
+                return array.filename if m.size() < start + len(m) else None
+            except (ValueError, OSError):  # a closed mapping is never read again
+                return None
+        array = array.base
+    return None
 
 
 def _pointer_text(path: Path) -> bytes | None:

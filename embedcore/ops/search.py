@@ -41,6 +41,7 @@ import numpy as np
 
 from embedcore import _backend
 from embedcore._arrays import check_array, is_tensor
+from embedcore.ops.cos_range import cos_safe_corpus, unit_rows
 
 Metric = Literal["dot", "cos", "l2", "hamming"]
 METRICS = ("dot", "cos", "l2", "hamming")
@@ -49,8 +50,6 @@ _ASCENDING = ("l2", "hamming")
 # Largest corpus the int64 index / key packing supports.
 MAX_CORPUS = 2**31 - 1
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-# Corpora up to this size are range-checked for cos with numpy (cache-resident, no thread start-up).
-_SMALL_CORPUS_BYTES = 16 << 20
 _NORM_EPS = 1e-12
 # int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
 _INT8_L2_MAX_DIM = 33025
@@ -206,12 +205,6 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinity")
 
 
-def _pow2_row_scales(rowmax: np.ndarray) -> np.ndarray:
-    """Exponents ``e`` (int) with ``rowmax * 2**-e`` in [0.5, 1) (0 for zero rows): scaling a row by a
-    power of two is exact and leaves its cosine unchanged."""
-    return np.frexp(rowmax)[1]
-
-
 def _float32_queries(q: Any, metric: str) -> np.ndarray:
     """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12).
 
@@ -224,12 +217,7 @@ def _float32_queries(q: Any, metric: str) -> np.ndarray:
     q = _to_numpy(q, "queries")
     _check_finite(q, "queries")
     if metric == "cos":
-        q64 = q.astype(np.float64)
-        exps = _pow2_row_scales(np.abs(q64).max(axis=1, keepdims=True))
-        unit = np.ldexp(q64, -exps)  # exact: the same quotients as q64 / |q64|, without overflow
-        unorm = np.linalg.norm(unit, axis=1, keepdims=True)
-        tiny = np.ldexp(unorm, exps) < _NORM_EPS
-        q = np.where(tiny, q64 / _NORM_EPS, unit / np.where(unorm > 0, unorm, 1.0))
+        q = unit_rows(q.astype(np.float64), _NORM_EPS)
     elif q.dtype == np.float64:
         with np.errstate(over="ignore"):
             q32 = q.astype(np.float32)
@@ -238,33 +226,6 @@ def _float32_queries(q: Any, metric: str) -> np.ndarray:
                              "scores are computed in float32")
         return np.ascontiguousarray(q32)
     return np.ascontiguousarray(q, dtype=np.float32)
-
-
-def _cos_safe_corpus(c: np.ndarray) -> np.ndarray | None:
-    """None when every row of float ``c`` (N, dim) has a finite float32 square sum (the native cos
-    kernel sums squares in float32), else a float32 copy whose other rows are scaled by a power of
-    two (exact: cosines unchanged).
-
-    The common case costs one read pass over ``c`` (numpy's min and max while it fits in cache,
-    a multithreaded ``torch.aminmax`` beyond): about one memory-bound scan, so a single-query cos
-    search over a corpus far beyond the caches takes up to twice as long as the scan alone. Only the
-    native kernel could flag an infinite square sum for free.
-    """
-    # Values under sqrt(FLT_MAX / dim) / 2 keep a float32 square sum finite.
-    limit = np.sqrt(np.finfo(np.float32).max / c.shape[1]) / 2
-    if c.nbytes <= _SMALL_CORPUS_BYTES:
-        low, high = c.min(), c.max()
-    else:
-        import torch
-
-        low, high = torch.aminmax(torch.from_numpy(c))
-    if max(float(high), -float(low)) < limit:
-        return None
-    rowmax = np.abs(c).max(axis=1)
-    big = np.flatnonzero(rowmax >= limit)
-    scaled = c.astype(np.float32)
-    scaled[big] = np.ldexp(c[big], -_pow2_row_scales(rowmax[big])[:, None]).astype(np.float32)
-    return scaled
 
 
 def _native_corpus(corpus: Any) -> tuple[np.ndarray, str]:
@@ -307,7 +268,7 @@ def _search_native(
     c, fmt = None, "f32"
     if metric == "cos" and kind == "float" and _dtype_name(corpus) != "float16":
         # Rows of huge values would overflow the kernel's float32 square sums (a score of 0).
-        c = _cos_safe_corpus(_to_numpy(corpus, "corpus"))
+        c = cos_safe_corpus(_to_numpy(corpus, "corpus"))
     if c is None:
         c, fmt = _native_corpus(corpus)
     return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
