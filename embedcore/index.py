@@ -773,9 +773,14 @@ class Index:
         A device index writes host copies of its arrays: the folder is the same whatever the device.
 
         Args:
-            path: destination folder, created or replaced; its parent must exist.
+            path: destination folder: new, empty, or an index folder (saved as its next version,
+                which readers switch to atomically); its parent must exist.
             extra_arrays: optional named numpy arrays stored and verified alongside (for example a
                 document store); :meth:`load` returns them in :attr:`extra_arrays`.
+
+        Raises:
+            ValueError: ``path`` is a file or a folder holding anything else (nothing is touched).
+            embedcore.persist.CorruptFolderError: a memory-mapped source file shrank (:meth:`verify`).
         """
         self.verify()
         arrays = {"ids": _host(self._ids.view()), "codes": _host(self._codes.view())}
