@@ -13,9 +13,14 @@ def is_tensor(x: Any) -> bool:
 
 
 def check_array(x: Any, name: str) -> None:
-    """Raises TypeError unless ``x`` is a numpy array or a torch tensor."""
+    """Raises TypeError unless ``x`` is a numpy array or a dense torch tensor (ValueError: a meta one)."""
     if not (isinstance(x, np.ndarray) or is_tensor(x)):
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if is_tensor(x):
+        if str(x.layout) != "torch.strided":
+            raise TypeError(f"{name} is a {x.layout} tensor; pass a dense one ({name}.to_dense())")
+        if x.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values")
 
 
 def cpu_numpy(x: Any, name: str) -> np.ndarray:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 Backend = Literal["native", "torch"]
 _VALID_BACKENDS = ("auto", "torch")
+# Most native threads accepted (native code takes a C int; more threads than this is a typo).
+_MAX_THREADS = 4096
 
 
 def _env_backend() -> str:
@@ -70,8 +72,8 @@ def num_threads() -> int:
             n = int(value)
         except ValueError:
             raise ValueError(f"EMBEDCORE_NUM_THREADS must be a positive integer, got {value!r}") from None
-        if n < 1:
-            raise ValueError(f"EMBEDCORE_NUM_THREADS must be a positive integer, got {value!r}")
+        if not 1 <= n <= _MAX_THREADS:
+            raise ValueError(f"EMBEDCORE_NUM_THREADS must be an integer in [1, {_MAX_THREADS}], got {n}")
         return n
     import torch
 

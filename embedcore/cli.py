@@ -5,9 +5,11 @@ holding the vectors, their texts and the model that made them), ``search``, ``be
 runner of :mod:`embedcore.bench`), ``demo`` (the README's main job, :mod:`embedcore.demo`), and
 ``tune`` / ``inspect`` (:mod:`embedcore.cli_tune`).
 
-Every usage error (a missing file, an empty corpus, a JSONL line without the field, a query of the
-wrong dim, an index from a newer format) is one line on stderr and exit code 2; outputs are written
-atomically, so a failed command leaves nothing half-written.
+Every usage error (a missing file, an empty corpus, a JSONL line without the field or not UTF-8, a
+query of the wrong dim, a damaged model or index) is one line on stderr naming the file (and the line
+of an input file) and exit code 2; anything unforeseen is one line and exit code 1. ``embedcore
+--debug ...`` prints the traceback instead. Outputs are written atomically, so a failed command
+leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from embedcore.corpus import MissingExtraError
 
 # Errors that mean "bad input or environment": reported as one line with exit code 2.
-_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, MissingExtraError)
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, MissingExtraError, RecursionError, MemoryError)
 _TEXTS, _OFFSETS = "doc_text", "doc_offsets"
 # Precisions of Embedder.encode (all of them fit in a .npy file).
 _ENCODE_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -56,7 +58,12 @@ def _encode(
     """Encodes ``texts`` with a progress bar, reporting throughput on stderr."""
     from embedcore.models.embedder import Embedder
 
-    embedder = Embedder.from_pretrained(model)
+    try:
+        embedder = Embedder.from_pretrained(model)
+    except (ImportError, MissingExtraError):
+        raise
+    except Exception as exc:  # a truncated or altered model file surfaces as many exception types
+        raise ValueError(f"model {model} cannot be loaded ({type(exc).__name__}: {exc})") from None
     start = time.perf_counter()
     out = embedder.encode(
         texts, batch_size=batch_size, show_progress_bar=True, prompt_name=prompt_name, precision=precision
@@ -69,8 +76,19 @@ def _encode(
 
 
 def _load_npy(path: str, name: str) -> np.ndarray:
+    from embedcore.persist import CorruptFolderError, npy_data_bytes
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name} {path}: no such file")
+    try:
+        header, data = npy_data_bytes(path)
+    except CorruptFolderError as exc:
+        raise ValueError(f"{name} {exc}") from None
+    size = os.path.getsize(path)
+    if header + data != size:  # checked before np.load allocates what the header asks for
+        raise ValueError(
+            f"{name} {path}: its .npy header declares {data} data bytes, the file holds {size - header}"
+        )
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -112,7 +130,10 @@ def _check_output_dir(path: str) -> None:
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"--output {path}: the folder {parent} does not exist")
-    if Path(path).exists() and not (Path(path) / "manifest.json").is_file():
+    from embedcore.persist import is_saved_folder
+
+    out = Path(path)
+    if out.exists() and not (is_saved_folder(out) or (out.is_dir() and not any(out.iterdir()))):
         raise ValueError(f"--output {path} exists and is not an embedcore index; refusing to replace it")
 
 
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     from embedcore.index import METRICS, PRECISIONS
 
     parser = _Parser(prog="embedcore", description="Fast, faithful text embeddings and exact retrieval.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     model_help = "model folder or name (default: the bundled all-MiniLM-L6-v2 of embedcore[demo])"
 
@@ -355,10 +377,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         return int(args.func(args) or 0)
-    except _USER_ERRORS as exc:
+    except Exception as exc:
+        if args.debug:
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"embedcore {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
+        text = " ".join(str(message).split()) or type(exc).__name__
+        if isinstance(exc, _USER_ERRORS):
+            print(f"embedcore {command}: error: {text}", file=sys.stderr)
+            return 2
+        # Anything else is a bug or an unforeseen input: still one line, the traceback on request.
+        print(f"embedcore {command}: error: {type(exc).__name__}: {text} (rerun with embedcore --debug "
+              "for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,16 +50,36 @@ def read_texts(path: str | os.PathLike[str], field: str = "text") -> list[str]:
         raise ValueError(f"{path}: unsupported input format {suffix or '(none)'!r}; valid: {SUFFIXES}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
+    with open(path, "rb") as f:
+        lines = _Lines(f, path, crlf=suffix != ".csv")  # csv reads CRLF itself
         if suffix == ".txt":
-            texts = [line.strip() for line in f if line.strip()]
+            texts = [line.strip() for line in lines if line.strip()]
         elif suffix == ".jsonl":
-            texts = _read_jsonl(f, path, field)
+            texts = _read_jsonl(lines, path, field)
         else:
-            texts = _read_csv(f, path, field)
+            texts = _read_csv(lines, path, field)
     if not texts:
         raise ValueError(f"{path}: the file holds no texts (empty corpus)")
     return texts
+
+
+class _Lines:
+    """The lines of a binary file as text (CRLF line ends read as LF when ``crlf``), each decoded on
+    its own so that invalid UTF-8 is reported with its line number; :attr:`number` is the line last
+    read (where a CSV parser that reads ahead stopped)."""
+
+    def __init__(self, f: Any, path: Path, crlf: bool) -> None:
+        self.f, self.path, self.crlf, self.number = f, path, crlf, 0
+
+    def __iter__(self) -> Any:
+        for raw in self.f:
+            self.number += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f"{self.path} line {self.number}"
+                raise ValueError(f"{where}: not valid UTF-8 (byte {exc.start})") from None
+            yield line[:-2] + "\n" if self.crlf and line.endswith("\r\n") else line
 
 
 def _read_jsonl(lines: Any, path: Path, field: str) -> list[str]:
@@ -71,6 +91,8 @@ def _read_jsonl(lines: Any, path: Path, field: str) -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} line {number}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path} line {number}: JSON nested too deeply") from None
         if not isinstance(row, dict) or field not in row:
             raise ValueError(f"{path} line {number}: no field {field!r}")
         if not isinstance(row[field], str):
@@ -81,17 +103,20 @@ def _read_jsonl(lines: Any, path: Path, field: str) -> list[str]:
     return texts
 
 
-def _read_csv(f: Any, path: Path, field: str) -> list[str]:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None:
-        return []
-    if field not in reader.fieldnames:
-        raise ValueError(f"{path}: no column {field!r}; columns: {reader.fieldnames}")
-    texts = []
-    for row in reader:
-        if row[field] is None:
-            raise ValueError(f"{path} line {reader.line_num}: the row has no value for column {field!r}")
-        texts.append(row[field])
+def _read_csv(lines: _Lines, path: Path, field: str) -> list[str]:
+    reader = csv.DictReader(lines)
+    try:
+        if reader.fieldnames is None:
+            return []
+        if field not in reader.fieldnames:
+            raise ValueError(f"{path}: no column {field!r}; columns: {reader.fieldnames}")
+        texts = []
+        for row in reader:
+            if row[field] is None:
+                raise ValueError(f"{path} line {reader.line_num}: the row has no value for column {field!r}")
+            texts.append(row[field])
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte, ...
+        raise ValueError(f"{path} line {lines.number}: unreadable CSV ({exc})") from None
     return texts
 
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from embedcore import _backend, persist
 from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
+from embedcore._index_meta import INT64_MAX, checked_meta
 from embedcore.ops.quantize import dequantize, quantization_ranges, quantize
 from embedcore.ops.search import search
 
@@ -228,7 +229,12 @@ class Index:
         else:
             import torch
 
-            device = torch.device(device)
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"Invalid device {device!r} ({exc})") from None
+            if device.type == "meta":
+                raise ValueError("Invalid device 'meta': an index needs a device that holds values")
 
             def convert(a: Any) -> Any:
                 if is_tensor(a):
@@ -307,6 +313,26 @@ class Index:
             raise ValueError("ranges must be finite with ranges[0] (min) <= ranges[1] (max)")
         return r.astype(np.float32)
 
+    def verify(self) -> None:
+        """Checks that the files a memory-mapped index reads still have the sizes they were loaded with.
+
+        A file truncated by another program after :meth:`load` would crash the interpreter (SIGBUS)
+        on the next read of its missing pages; :meth:`add`, :meth:`remove` and :meth:`save` call this
+        first. A search does not (an ``fstat`` per mapped array per query): call it after anything may have
+        touched the folder, or load with ``mmap=False``.
+
+        Raises:
+            embedcore.persist.CorruptFolderError: a mapped file shrank.
+        """
+        arrays = [rows.view() for rows in (self._ids, self._codes, self._extra) if rows is not None]
+        for array in [*arrays, *self.extra_arrays.values()]:
+            file = persist.shrunk_map(array)
+            if file is not None:
+                raise persist.CorruptFolderError(
+                    f"{file} shrank after it was memory-mapped (another program truncated it); reading "
+                    "it would crash the interpreter: load the index again"
+                )
+
     # ---------------------------------------------------------------- add / remove
 
     def _float_rows(self, x: Any, name: str) -> Any:
@@ -369,6 +395,10 @@ class Index:
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
+            if self._next_id + n - 1 > INT64_MAX:
+                raise ValueError(
+                    f"ids: default ids from {self._next_id} would pass the int64 maximum; pass ids explicitly"
+                )
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         # Tensors on any device (a device index's own ids, say): the bookkeeping runs on the host.
         arr = _host(ids) if (isinstance(ids, np.ndarray) or is_tensor(ids)) else np.asarray(ids)
@@ -401,6 +431,7 @@ class Index:
             ValueError: wrong shape or dim, NaN/inf, zero vectors under cos, duplicate ids, or a
                 first int8 add of a single row without ``ranges``.
         """
+        self.verify()
         x = self._float_rows(embeddings, "embeddings")
         new_ids = self._new_ids(ids, len(x))
         if len(x) == 0:
@@ -450,9 +481,12 @@ class Index:
         Raises:
             KeyError: an id that is not in the index.
         """
+        self.verify()
         arr = np.asarray(_host(ids)).reshape(-1)
         if arr.size and arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > INT64_MAX:
+            raise ValueError(f"ids must fit in int64, got {int(arr.max())}")
         arr = arr.astype(np.int64)
         stored = _host(self._ids.view())
         missing = ~np.isin(arr, stored)
@@ -773,10 +807,16 @@ class Index:
         A device index writes host copies of its arrays: the folder is the same whatever the device.
 
         Args:
-            path: destination folder, created or replaced; its parent must exist.
+            path: destination folder: new, empty, or an index folder (saved as its next version,
+                which readers switch to atomically); its parent must exist.
             extra_arrays: optional named numpy arrays stored and verified alongside (for example a
                 document store); :meth:`load` returns them in :attr:`extra_arrays`.
+
+        Raises:
+            ValueError: ``path`` is a file or a folder holding anything else (nothing is touched).
+            embedcore.persist.CorruptFolderError: a memory-mapped source file shrank (:meth:`verify`).
         """
+        self.verify()
         arrays = {"ids": _host(self._ids.view()), "codes": _host(self._codes.view())}
         if self._extra is not None:
             arrays["rescore_vectors"] = _host(self._extra.view())
@@ -817,24 +857,15 @@ class Index:
                 or newer-format folder.
         """
         manifest, arrays = persist.load_folder(path, FORMAT, FORMAT_VERSION, mmap=mmap, verify=verify)
-        meta = manifest["metadata"]
         where = os.fspath(path)
+        meta = checked_meta(manifest.get("metadata"), where, PRECISIONS, METRICS)
+        count, next_id = meta["count"], meta["next_id"]
         try:
-            idx = cls(
-                meta["dim"],
-                meta["precision"],
-                meta["metric"],
-                meta["rescore"],
-                meta["rescore_multiplier"],
-                arrays.get("ranges"),
-            )
-            count, next_id = meta["count"], meta["next_id"]
-            for name, value in (("count", count), ("next_id", next_id)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-            ids = arrays["ids"]
-        except (KeyError, TypeError, ValueError) as exc:
+            idx = cls(meta["dim"], meta["precision"], meta["metric"], meta["rescore"],
+                      meta["rescore_multiplier"], arrays.get("ranges"))
+        except (TypeError, ValueError) as exc:
             raise persist.CorruptFolderError(f"{where}: inconsistent index manifest ({exc})") from None
+        ids = arrays.get("ids")
         expected = {
             "ids": ((count,), np.int64),
             "codes": ((count, idx._codes.view().shape[1]), idx._codes.view().dtype),
@@ -853,7 +884,7 @@ class Index:
         if idx._extra is not None:
             idx._extra = _Rows(arrays["rescore_vectors"])
         idx._next_id = int(next_id)
-        idx.metadata = dict(meta.get("user") or {})
+        idx.metadata = dict(meta["user"])
         idx.extra_arrays = {name: a for name, a in arrays.items() if name not in _RESERVED}
         return idx if device is None else idx.to(device)
 

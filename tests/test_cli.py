@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from embedcore import cli
+from embedcore import cli, persist
 from embedcore.index import Index
 
 from corpus import load_summaries
@@ -231,9 +231,12 @@ def test_errors_are_one_line_with_exit_code_2_and_write_nothing(files, tmp_path)
     _one_line_error(
         _run("search", "--index", str(out), "--query", "x", "-k", "0"), "search: error: -k must be >= 1"
     )
-    manifest = json.loads((out / "manifest.json").read_text())
+    version = persist.current_folder(out)
+    manifest = json.loads((version / "manifest.json").read_text())
     manifest["format_version"] += 1
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    digest = persist.sha256_file(version / "manifest.json")
+    (out / persist.POINTER).write_text(f"{version.name} {digest}\n")
     _one_line_error(
         _run("search", "--index", str(out), "--query-embeddings", str(tmp_path / "emb.npy")),
         "newer embedcore",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -32,7 +33,10 @@ def _is_mapped(array: np.ndarray) -> bool:
 
 
 def _leftovers(folder) -> list[str]:
-    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("."))
+    """Hidden names next to the folder and inside it, apart from the savers' lock file."""
+    names = [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]
+    names += [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != persist.LOCK]
+    return sorted(names)
 
 
 @pytest.mark.parametrize("mmap", [True, False])
@@ -91,28 +95,29 @@ def test_save_replaces_atomically_and_interrupted_save_keeps_the_previous_index(
     assert _leftovers(path) == []
 
 
-def test_failed_rename_restores_the_previous_folder(rng, tmp_path, monkeypatch):
+def test_failed_pointer_swap_keeps_the_previous_version(rng, tmp_path, monkeypatch):
     path = tmp_path / "idx"
     _index(rng).save(path)
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def rename(src, dst):
-        if str(src).endswith(".tmp"):
-            raise OSError("rename failed (simulated)")
-        return real_rename(src, dst)
+    def replace(src, dst):
+        if str(dst).endswith(persist.POINTER):
+            raise OSError("replace failed (simulated)")
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(persist.os, "rename", rename)
+    monkeypatch.setattr(persist.os, "replace", replace)
     with pytest.raises(OSError, match="simulated"):
         _index(rng, n=90).save(path)
     monkeypatch.undo()
     assert len(Index.load(path)) == 60
     assert _leftovers(path) == []
+    assert sorted(p.name for p in path.iterdir()) == [persist.LOCK, persist.POINTER, "v00000001"]
 
 
 def test_corrupted_file_fails_the_checksum(rng, tmp_path):
     path = tmp_path / "idx"
     _index(rng).save(path)
-    codes = path / "codes.npy"
+    codes = persist.current_folder(path) / "codes.npy"
     data = bytearray(codes.read_bytes())
     data[-1] ^= 0x01
     codes.write_bytes(bytes(data))
@@ -125,54 +130,113 @@ def test_corrupted_file_fails_the_checksum(rng, tmp_path):
 def test_truncated_and_missing_files_fail_loudly(rng, tmp_path):
     path = tmp_path / "idx"
     _index(rng).save(path)
-    vectors = path / "rescore_vectors.npy"
+    version = persist.current_folder(path)
+    vectors = version / "rescore_vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-5])
     with pytest.raises(CorruptFolderError, match="truncated"):
         Index.load(path, verify=False)
     vectors.unlink()
     with pytest.raises(FileNotFoundError, match=r"rescore_vectors\.npy is missing"):
         Index.load(path)
-    (path / "manifest.json").unlink()
+    (version / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"v00000001 named by CURRENT is missing"):
+        Index.load(path)
+    (path / persist.POINTER).unlink()
     with pytest.raises(FileNotFoundError, match=r"no manifest\.json"):
         Index.load(path)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         Index.load(tmp_path / "nowhere")
 
 
+def _write_manifest(path, text: str) -> None:
+    """Replaces the live manifest and re-records its checksum in CURRENT, as a hand edit would."""
+    file = persist.current_folder(path) / "manifest.json"
+    file.write_text(text)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    (path / persist.POINTER).write_text(f"{file.parent.name} {digest}\n")
+
+
 def _edit_manifest(path, edit) -> None:
-    file = path / "manifest.json"
-    manifest = json.loads(file.read_text())
+    manifest = json.loads((persist.current_folder(path) / "manifest.json").read_text())
     edit(manifest)
-    file.write_text(json.dumps(manifest))
+    _write_manifest(path, json.dumps(manifest))
 
 
 def test_manifest_checks(rng, tmp_path):
     path = tmp_path / "idx"
     _index(rng).save(path)
-    original = (path / "manifest.json").read_text()
+    original = (persist.current_folder(path) / "manifest.json").read_text()
 
     _edit_manifest(path, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(CorruptFolderError, match="newer embedcore"):
         Index.load(path)
-    (path / "manifest.json").write_text(original)
+    _write_manifest(path, original)
     _edit_manifest(path, lambda m: m["metadata"].update(count=59))
     with pytest.raises(CorruptFolderError, match="does not match the manifest"):
         Index.load(path)
-    (path / "manifest.json").write_text(original)
+    _write_manifest(path, original)
     _edit_manifest(path, lambda m: m["metadata"].update(precision="int4"))
-    with pytest.raises(CorruptFolderError, match="inconsistent index manifest"):
+    with pytest.raises(CorruptFolderError, match=r"metadata\.precision must be one of"):
         Index.load(path)
-    (path / "manifest.json").write_text(original)
+    _write_manifest(path, original)
     _edit_manifest(path, lambda m: m["metadata"].update(next_id="7"))
     with pytest.raises(CorruptFolderError, match="next_id must be a non-negative int"):
         Index.load(path)
-    (path / "manifest.json").write_text(original)
+    _write_manifest(path, original)
     _edit_manifest(path, lambda m: m.update(format="something.else"))
     with pytest.raises(CorruptFolderError, match=r"expected 'embedcore\.index'"):
         Index.load(path)
-    (path / "manifest.json").write_text(original[: len(original) // 2])
+    _write_manifest(path, original[: len(original) // 2])
     with pytest.raises(CorruptFolderError, match="not valid JSON"):
         Index.load(path)
+    _write_manifest(path, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptFolderError, match="nested too deeply"):
+        Index.load(path)
+    _write_manifest(path, original)
+    Index.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("metadata"), r"invalid index manifest: metadata is missing"),
+        (lambda m: m["metadata"].pop("next_id"), r"metadata\.next_id is missing"),
+        (lambda m: m["metadata"].pop("user"), r"metadata\.user is missing"),
+        (lambda m: m["metadata"].update(user=5), r"metadata\.user must be an object, got 5"),
+        (lambda m: m["metadata"].update(dim=True), r"metadata\.dim must be a positive int"),
+        (lambda m: m["metadata"].update(rescore="int4"), r"metadata\.rescore must be"),
+        (lambda m: m["metadata"].update(rescore_multiplier=0), r"metadata\.rescore_multiplier must be"),
+        (lambda m: m["metadata"].update(count=-1), r"metadata\.count must be a non-negative int"),
+        (lambda m: m["metadata"].update(next_id=2**64), r"metadata\.next_id must be a non-negative int"),
+        (lambda m: m["arrays"]["ids"].update(bytes="160"), r"invalid entry for array 'ids'"),
+        (lambda m: m["arrays"]["ids"].update(shape=[60.0]), r"invalid entry for array 'ids'"),
+    ],
+)
+def test_every_metadata_field_is_validated_naming_folder_and_field(edit, message, rng, tmp_path):
+    path = tmp_path / "idx"
+    _index(rng).save(path)
+    _edit_manifest(path, edit)
+    with pytest.raises(CorruptFolderError, match=message) as info:
+        Index.load(path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_every_manifest_byte_is_covered_by_a_checksum(rng, tmp_path):
+    """A substituted byte anywhere in the manifest (metadata included) is a CorruptFolderError, never a
+    silently changed rescore_multiplier or next_id; the same for the pointer file."""
+    path = tmp_path / "idx"
+    _index(rng).save(path)
+    version = persist.current_folder(path)
+    for file in (version / "manifest.json", path / persist.POINTER):
+        original = file.read_bytes()
+        for pos in range(0, len(original), max(1, len(original) // 150)):
+            data = bytearray(original)
+            data[pos] = ord("7") if data[pos] != ord("7") else ord("8")
+            file.write_bytes(bytes(data))
+            with pytest.raises((CorruptFolderError, FileNotFoundError)):
+                Index.load(path, verify=False)
+        file.write_bytes(original)
+    assert Index.load(path).rescore_multiplier == 3
 
 
 def test_duplicate_ids_on_disk_are_rejected(rng, tmp_path):
@@ -181,13 +245,12 @@ def test_duplicate_ids_on_disk_are_rejected(rng, tmp_path):
     idx.save(path)
     ids = idx.ids.copy()
     ids[1] = ids[0]
-    np.save(path / "ids.npy", ids)
+    file = persist.current_folder(path) / "ids.npy"
+    np.save(file, ids)
     # Re-record size and checksum, as someone editing the folder by hand would.
     _edit_manifest(
         path,
-        lambda m: m["arrays"]["ids"].update(
-            bytes=(path / "ids.npy").stat().st_size, sha256=persist.sha256_file(path / "ids.npy")
-        ),
+        lambda m: m["arrays"]["ids"].update(bytes=file.stat().st_size, sha256=persist.sha256_file(file)),
     )
     with pytest.raises(CorruptFolderError, match="not unique"):
         Index.load(path)
@@ -199,16 +262,33 @@ def test_nothing_is_unpickled(tmp_path):
     assert not (tmp_path / "f").exists()
     # An object array smuggled in under a valid manifest (checksum recomputed) is still refused.
     persist.save_folder(tmp_path / "f", "k", {"a": np.arange(3)}, {})
-    np.save(tmp_path / "f" / "a.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    file = persist.current_folder(tmp_path / "f") / "a.npy"
+    np.save(file, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     _edit_manifest(
         tmp_path / "f",
-        lambda m: m["arrays"]["a"].update(
-            bytes=(tmp_path / "f" / "a.npy").stat().st_size,
-            sha256=persist.sha256_file(tmp_path / "f" / "a.npy"),
-        ),
+        lambda m: m["arrays"]["a"].update(bytes=file.stat().st_size, sha256=persist.sha256_file(file)),
     )
     with pytest.raises(CorruptFolderError, match=r"not a readable \.npy"):
         persist.load_folder(tmp_path / "f", "k")
+
+
+def test_forged_npy_header_is_refused_before_allocating(tmp_path):
+    """A header that claims far more data than the file holds (43 TiB) fails on the size check; the
+    manifest agrees with the forged file, as a hostile folder would."""
+    persist.save_folder(tmp_path / "f", "k", {"a": np.arange(3)}, {})
+    file = persist.current_folder(tmp_path / "f") / "a.npy"
+    data = file.read_bytes()
+    forged = data.replace(b"(3,)", b"(6000000000000,)".ljust(4)[:16])
+    header_len = forged.index(b"\n") + 1
+    forged = forged[:8] + (header_len - 10).to_bytes(2, "little") + forged[10:]
+    file.write_bytes(forged)
+    _edit_manifest(
+        tmp_path / "f",
+        lambda m: m["arrays"]["a"].update(bytes=file.stat().st_size, sha256=persist.sha256_file(file)),
+    )
+    for mmap in (False, True):
+        with pytest.raises(CorruptFolderError, match="header declares 48000000000000 data bytes"):
+            persist.load_folder(tmp_path / "f", "k", mmap=mmap)
 
 
 def test_save_folder_bad_input(tmp_path):

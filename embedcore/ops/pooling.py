@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
-from embedcore._arrays import is_tensor
+from embedcore._arrays import check_array, is_tensor
 from embedcore.ops.quantize import (
     SCALAR_PRECISIONS,
     Backend,
@@ -83,10 +83,17 @@ def _check_hidden(hidden: Any, ndim: int, layout: str) -> None:
 
     if not is_tensor(hidden):
         raise TypeError(f"hidden must be a torch tensor, got {type(hidden).__name__}")
+    check_array(hidden, "hidden")  # dense, with values (not sparse, not on the meta device)
     if hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"hidden must be float32, float16 or bfloat16, got {hidden.dtype}")
     if hidden.ndim != ndim or hidden.shape[-1] < 1:
         raise ValueError(f"hidden must be {layout} with hidden size >= 1, got shape {tuple(hidden.shape)}")
+
+
+def _detach_for_codes(hidden: Any, precision: Any) -> Any:
+    """``hidden`` detached when ``precision`` asks for integer codes (they carry no gradient, and the
+    CPU quantizer reads the values through numpy); float precisions keep autograd."""
+    return hidden if check_precision(precision) in ("float32", "float16", "bfloat16") else hidden.detach()
 
 
 def _check_mask(mask: Any, shape: tuple[int, ...], device: Any, name: str) -> Any:
@@ -285,6 +292,7 @@ def pool(
     import torch
 
     _check_hidden(hidden, 3, "(B, T, H)")
+    hidden = _detach_for_codes(hidden, precision)
     modes = check_modes(mode)
     backend = check_backend(backend)
     B, T, _ = (int(s) for s in hidden.shape)
@@ -373,6 +381,7 @@ def pool_varlen(
     import torch
 
     _check_hidden(hidden, 2, "(total_tokens, H)")
+    hidden = _detach_for_codes(hidden, precision)
     modes = check_modes(mode)
     backend = check_backend(backend)
     total = int(hidden.shape[0])

@@ -361,6 +361,8 @@ def quantize(
     """
     precision = check_precision(precision)
     backend = check_backend(backend)
+    if (isinstance(embeddings, np.ndarray) or is_tensor(embeddings)) and embeddings.ndim not in (1, 2):
+        raise ValueError(f"embeddings must be (n, dim) or (dim,), got shape {tuple(embeddings.shape)}")
     if isinstance(embeddings, np.ndarray) and backend != "triton":
         codes = _quantize_numpy_fast(embeddings, precision, ranges)
         if codes is not None:
@@ -370,6 +372,13 @@ def quantize(
             return []
         for i, e in enumerate(embeddings):
             check_array(e, f"embeddings[{i}]")
+            if e.ndim not in (1, 2) or e.ndim != embeddings[0].ndim or (
+                e.ndim == 1 and e.shape != embeddings[0].shape
+            ) or e.shape[-1] != embeddings[0].shape[-1]:
+                raise ValueError(
+                    f"embeddings[{i}] has shape {tuple(e.shape)}, embeddings[0] "
+                    f"{tuple(embeddings[0].shape)}: a list needs (dim,) vectors or (n_i, dim) matrices"
+                )
         if embeddings[0].ndim == 2:
             if precision in SCALAR_PRECISIONS and ranges is None:
                 import torch

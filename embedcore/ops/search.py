@@ -41,6 +41,7 @@ import numpy as np
 
 from embedcore import _backend
 from embedcore._arrays import check_array, is_tensor
+from embedcore.ops.cos_range import cos_safe_corpus, unit_rows
 
 Metric = Literal["dot", "cos", "l2", "hamming"]
 METRICS = ("dot", "cos", "l2", "hamming")
@@ -205,12 +206,25 @@ def _check_finite(x: np.ndarray, name: str) -> None:
 
 
 def _float32_queries(q: Any, metric: str) -> np.ndarray:
-    """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12)."""
+    """Queries as C-contiguous float32, finite, unit length for ``cos`` (norm clamped at 1e-12).
+
+    ``cos`` rows are first scaled by a power of two to a maximum below 1, so a float64 row of huge
+    (or tiny) values normalises like any other instead of overflowing its square sum.
+
+    Raises:
+        ValueError: NaN/inf, or (other metrics) float64 values beyond the float32 range.
+    """
     q = _to_numpy(q, "queries")
     _check_finite(q, "queries")
     if metric == "cos":
-        q64 = q.astype(np.float64)
-        q = q64 / np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), _NORM_EPS)
+        q = unit_rows(q.astype(np.float64), _NORM_EPS)
+    elif q.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            q32 = q.astype(np.float32)
+        if not np.isfinite(q32).all():
+            raise ValueError("queries holds float64 values beyond the float32 range (+-3.4e38); "
+                             "scores are computed in float32")
+        return np.ascontiguousarray(q32)
     return np.ascontiguousarray(q, dtype=np.float32)
 
 
@@ -251,7 +265,12 @@ def _search_native(
     if kind == "int8_asym":
         offset, scale = _checked_affine(ranges, int(corpus.shape[1]))
     q = _float32_queries(queries, metric)
-    c, fmt = _native_corpus(corpus)
+    c, fmt = None, "f32"
+    if metric == "cos" and kind == "float" and _dtype_name(corpus) != "float16":
+        # Rows of huge values would overflow the kernel's float32 square sums (a score of 0).
+        c = cos_safe_corpus(_to_numpy(corpus, "corpus"))
+    if c is None:
+        c, fmt = _native_corpus(corpus)
     return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
 
 

@@ -80,7 +80,11 @@ def topk(scores: Any, k: int, largest: bool = True) -> tuple[Any, Any]:
 
     arr = cpu_numpy(scores, "scores")
     if arr.dtype not in _NATIVE_DTYPE:
-        raise TypeError(f"scores has unsupported dtype {arr.dtype}; use a float or integer type")
+        supported = ", ".join(sorted(str(d) for d in _NATIVE_DTYPE))
+        raise TypeError(
+            f"scores has unsupported dtype {arr.dtype} (64-bit integers do not fit float64 exactly); "
+            f"supported: {supported}"
+        )
     if _backend.force_reference():
         if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
             raise ValueError("scores contains NaN")
