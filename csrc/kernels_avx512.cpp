@@ -1,12 +1,16 @@
-// AVX-512 (F, BW, VL, VPOPCNTDQ) kernels. Compiled only when the compiler accepts those flags and
-// called only when the CPU reports them.
+// AVX-512 kernels. The unit is compiled with AVX-512 F, BW and VL (what the "avx512" level requires);
+// the popcount kernels take VPOPCNTDQ and the int8 kernels VNNI per function, and are handed out
+// only when the CPU has them (the "avx512_vpopcnt" level; VNNI chosen at run time).
 #include <immintrin.h>
 
 #include <cstdint>
 #include <type_traits>
 
+#include "float_stream-inl.h"
 #include "kernels.h"
 #include "tile_grid.h"
+
+#define EC_VPOPCNT __attribute__((target("avx512vpopcntdq")))
 
 namespace embedcore {
 namespace {
@@ -84,24 +88,13 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
 
 inline __mmask16 tail_mask16(int64_t rem) { return __mmask16((1u << rem) - 1u); }
 
-// Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
-// single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
-// The tree after the fold of each vector to its low plus its high 256 bits.
-inline __m128 reduce4_folded(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);  // a01 a23 b01 b23 | a45 a67 b45 b67
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
+// The 4-sum tree of reduce4 after the fold of each vector to its low plus its high 256 bits.
 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   auto fold = [](__m512 v) {
     return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   };
-  return reduce4_folded(fold(a), fold(b), fold(c), fold(d));
+  return reduce4(fold(a), fold(b), fold(c), fold(d));
 }
-
-#define EC_INLINE inline __attribute__((always_inline))
 
 // One 16-element chunk of every pair; the loads are unmasked or masked (the same values, so the
 // same arithmetic: a pair's score does not depend on which was used). Rows are float32 or int8
@@ -131,14 +124,6 @@ EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const CT* c, int6
 }
 
 inline __m512 widen_i8(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)); }
-
-// Prefetches (T0) element t of row r of c. The address is formed as an integer: the caller checked
-// that the row exists, and no pointer past it is ever made.
-template <typename CT>
-EC_INLINE void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) + uintptr_t((r * d + t) * int64_t(sizeof(CT)))),
-               _MM_HINT_T0);
-}
 
 // PF: the micro-kernel streams its rows (one or two queries) and prefetches the RN rows after them,
 // at the same offset, when at least RN rows (`ahead`) follow its own.
@@ -180,81 +165,27 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// One or two queries streaming float rows of whole 16-float steps, by 256-bit halves of micro_f32's
-// steps: the same lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned
-// (numpy's are 16) split one load in two instead of every load across two cache lines.
-template <int QN, int RN, bool L2>
-EC_INLINE void step_halves(__m256 (&acc)[2][QN][RN], const float* q, const float* c, int64_t d, int64_t t) {
-  for (int h = 0; h < 2; ++h) {
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) {
-      cv[b] = _mm256_loadu_ps(c + b * d + t + 8 * h);
-      if constexpr (QN > 1) asm("" : "+v"(cv[b]));  // one load per row, as in step_f32
-    }
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_loadu_ps(q + a * d + t + 8 * h);
-      for (int b = 0; b < RN; ++b) {
-        if constexpr (L2) {
-          const __m256 diff = _mm256_sub_ps(qv, cv[b]);
-          acc[h][a][b] = _mm256_fmadd_ps(diff, diff, acc[h][a][b]);
-        } else {
-          acc[h][a][b] = _mm256_fmadd_ps(qv, cv[b], acc[h][a][b]);
-        }
-      }
-    }
-  }
-}
-
-template <int QN, int RN, bool L2, bool PF>
-inline void micro_halves(const float* q, const float* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
-  __m256 acc[2][QN][RN];
-  for (int h = 0; h < 2; ++h)
-    for (int a = 0; a < QN; ++a)
-      for (int b = 0; b < RN; ++b) acc[h][a][b] = _mm256_setzero_ps();
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < d; t += 16) {  // d % 16 == 0: rows of whole lines only
-    if (pf)
-      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_halves<QN, RN, L2>(acc, q, c, d, t);
-  }
-  auto folded = [&](int a, int b) { return _mm256_add_ps(acc[0][a][b], acc[1][a][b]); };
-  const __m256 zero = _mm256_setzero_ps();
-  for (int a = 0; a < QN; ++a) {
-    if constexpr (RN == 4) {
-      _mm_storeu_ps(out + a * ld, reduce4_folded(folded(a, 0), folded(a, 1), folded(a, 2), folded(a, 3)));
-    } else {
-      static_assert(RN == 1, "4 rows or 1");
-      out[a * ld] = _mm_cvtss_f32(reduce4_folded(folded(a, 0), zero, zero, zero));
-    }
-  }
-}
-
-// One or two queries: a memory stream. Each step loads one line of every row of the micro-kernel
-// and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): 4 rows
-// by 256-bit halves ran best (8 or 16 rows, or prefetching 8 rows ahead, were not faster; 2 queries:
-// 8 rows of whole vectors 10% slower from memory). int8 codes (16-byte loads) take micro_f32 by 8
-// rows (1 query: 1.9x over 4 rows from memory). Kept out of tile_f32, whose many-query walk keeps
-// its registers.
-template <int QN, bool L2, typename CT>
-__attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
-                                          int64_t ahead) {
+// One or two queries over int8 codes: a memory stream of 8 rows per micro-kernel (16-byte loads;
+// 1 query: 1.9x faster than 4 rows from memory), the next 8 rows prefetched.
+template <int QN, bool L2>
+__attribute__((noinline)) void stream_i8(const float* q, const int8_t* c, int64_t nr, int64_t d, float* out,
+                                         int64_t ahead) {
   int64_t j = 0;
-  if constexpr (std::is_same_v<CT, float>) {
-    for (; j + 4 <= nr; j += 4) micro_halves<QN, 4, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 4);
-    for (; j < nr; ++j) micro_halves<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
-    return;
-  }
   for (; j + 8 <= nr; j += 8) micro_f32<QN, 8, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 8);
   for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
 }
 
 template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
-  // Float rows of whole lines stream by halves; others (100 dims: 1 query 7-10%, 2 queries 5-19%
-  // slower by halves from memory) keep whole vectors, and two queries the walk.
-  const bool stream = !std::is_same_v<CT, float> || d % 16 == 0;
-  if (nq == 1 && stream) return stream_f32<1, L2>(q, c, nr, d, out, ahead);
-  if (nq == 2 && stream) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
+  // Float rows of whole lines stream by 256-bit halves (rows that are not 64-byte aligned, as
+  // numpy's are not, split one load in two instead of every load across two cache lines); others
+  // (100 dims: 1 query 7-10%, 2 queries 5-19% slower by halves from memory) keep whole vectors.
+  if constexpr (std::is_same_v<CT, float>) {
+    if (nq <= 2 && d % 16 == 0)
+      return nq == 1 ? stream_f32<2, 1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, 2, L2>(q, c, nr, d, out, ahead);
+  } else if (nq <= 2) {
+    return nq == 1 ? stream_i8<1, L2>(q, c, nr, d, out, ahead) : stream_i8<2, L2>(q, c, nr, d, out, ahead);
+  }
   for_each_micro<4>(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
     // A lone query's rows are the next group's: prefetch them for it.
@@ -275,67 +206,11 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-// One step of micro_dot_norm, by 256-bit halves as micro_halves: the dot of micro_f32's steps and
-// the square sum of each row.
-template <int RN, bool kDot, typename Load>
-EC_INLINE void step_dot_norm(__m256 (&acc)[2][RN], __m256 (&nacc)[2][RN], const float* q, const float* c,
-                             int64_t d, int64_t t, Load load) {
-  for (int h = 0; h < 2; ++h) {
-    const __m256 qv = kDot ? load(q + t + 8 * h, h) : _mm256_setzero_ps();
-    for (int b = 0; b < RN; ++b) {
-      const __m256 cv = load(c + b * d + t + 8 * h, h);
-      if constexpr (kDot) acc[h][b] = _mm256_fmadd_ps(qv, cv, acc[h][b]);
-      nacc[h][b] = _mm256_fmadd_ps(cv, cv, nacc[h][b]);
-    }
-  }
-}
-
-// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
-// A square sum takes the same steps for every row (sq_norms_f32 too).
-template <int RN, bool kDot, bool PF>
-inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
-  __m256 acc[2][RN], nacc[2][RN];
-  for (int h = 0; h < 2; ++h)
-    for (int b = 0; b < RN; ++b) acc[h][b] = nacc[h][b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(15);
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 16) {
-    if (pf)
-      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
-  }
-  if (d > dfull) {
-    const __mmask16 m = tail_mask16(d - dfull);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, dfull,
-                            [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
-  }
-  auto folded = [](__m256 (&v)[2][RN], int b) { return _mm256_add_ps(v[0][b], v[1][b]); };
-  const __m256 zero = _mm256_setzero_ps();
-  if constexpr (RN == 4) {
-    if constexpr (kDot)
-      _mm_storeu_ps(out, reduce4_folded(folded(acc, 0), folded(acc, 1), folded(acc, 2), folded(acc, 3)));
-    _mm_storeu_ps(norm2, reduce4_folded(folded(nacc, 0), folded(nacc, 1), folded(nacc, 2), folded(nacc, 3)));
-  } else {
-    static_assert(RN == 1, "4 rows or 1");
-    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4_folded(folded(acc, 0), zero, zero, zero));
-    norm2[0] = _mm_cvtss_f32(reduce4_folded(folded(nacc, 0), zero, zero, zero));
-  }
-}
-
-template <bool kDot>
-void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
-  int64_t j = 0;
-  for (; j + 4 <= nr; j += 4) micro_dot_norm<4, kDot, kDot>(q, c + j * d, d, out + j, norm2 + j, nr + ahead - j - 4);
-  for (; j < nr; ++j) micro_dot_norm<1, kDot, false>(q, c + j * d, d, out + j, norm2 + j, 0);
-}
-
-void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
-  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
-}
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl<2>(c, nr, d, out); }
 
 void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
                         int64_t ahead) {
-  dot_norms<true>(q, c, nr, d, out, norm2, ahead);
+  dot_norms<2, true>(q, c, nr, d, out, norm2, ahead);
 }
 
 inline __mmask32 tail_mask32(int64_t rem) { return __mmask32((uint64_t(1) << rem) - 1u); }

@@ -1,0 +1,177 @@
+// Float32 scans that stream corpus rows from memory (one or two queries, and the row square sums of
+// the cosine scan), written once and compiled into each per-ISA translation unit with that unit's
+// flags: kernels_avx2.cpp and kernels_avx512.cpp include this file at file scope, and everything
+// here has internal linkage (an anonymous namespace), so each unit keeps its own instantiation and
+// no AVX-512 code can stand in for the AVX2 unit's at link time.
+//
+// Only AVX + FMA instructions on 256-bit vectors are used; the level picks H, the 8-float halves per
+// step: H = 1 (AVX2: 8-float steps, one 8-lane accumulator per pair) or H = 2 (AVX-512: 16-float
+// steps as two 8-lane halves, the lane-wise arithmetic of a 16-lane accumulator folded to 8 lanes).
+// A pair's score is the same sequence of operations wherever the pair falls in a tile, and the same
+// as the level's many-query micro-kernels compute, so tiling and batch size never change a score.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace embedcore {
+namespace {
+
+#define EC_INLINE inline __attribute__((always_inline))
+
+// Software prefetch distance of the streams. Rows are read one after another (every load of a
+// stream is the next 64-byte line), the pattern hardware prefetchers follow best; the software
+// prefetch runs this far ahead of the loads.
+constexpr int64_t kStreamPrefetchBytes = 4096;
+
+// maskload masks: kMaskTable + 8 - rem selects the first `rem` lanes.
+alignas(64) constexpr int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+EC_INLINE __m256i tail_mask8(int64_t rem) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
+}
+
+// The first `rem` (0..8) floats at p, zeros after them; nothing past them is read.
+EC_INLINE __m256 load8_tail(const float* p, int64_t rem) {
+  return rem >= 8 ? _mm256_loadu_ps(p) : rem <= 0 ? _mm256_setzero_ps() : _mm256_maskload_ps(p, tail_mask8(rem));
+}
+
+// Prefetches (T0) the line `bytes` past p. The address is formed as an integer: the caller checked
+// that it lies inside the corpus, and no pointer past it is ever made.
+EC_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)), _MM_HINT_T0);
+}
+
+// Prefetches element t of row r of c (stride d), the row after the caller's checked rows.
+template <typename CT>
+EC_INLINE void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
+  prefetch_bytes(c, (r * d + t) * int64_t(sizeof(CT)));
+}
+
+// Sums of four 8-lane vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane
+// additions. A single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on
+// its neighbours.
+EC_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+// Stores the 4-tree sums of RN (4 or 1) 8-lane accumulators to out[0 .. RN).
+template <int RN>
+EC_INLINE void store_sums(const __m256 (&f)[RN], float* out) {
+  if constexpr (RN == 4) {
+    _mm_storeu_ps(out, reduce4(f[0], f[1], f[2], f[3]));
+  } else {
+    static_assert(RN == 1, "4 rows or 1");
+    const __m256 zero = _mm256_setzero_ps();
+    out[0] = _mm_cvtss_f32(reduce4(f[0], zero, zero, zero));
+  }
+}
+
+// One pair's step over the 8 floats at offset t + 8 h: a multiply-add (dot) or a squared
+// difference (l2) into acc. `rem` < 8 floats are read on the row's masked tail (zeros after them).
+template <bool L2>
+EC_INLINE __m256 pair_step(__m256 acc, __m256 qv, __m256 cv) {
+  if constexpr (L2) {
+    const __m256 diff = _mm256_sub_ps(qv, cv);
+    return _mm256_fmadd_ps(diff, diff, acc);
+  } else {
+    return _mm256_fmadd_ps(qv, cv, acc);
+  }
+}
+
+// QN queries (1 or 2) against RN consecutive rows, read row after row: out[a * ld + b]. Each row
+// load serves both queries. With `pf`, every 64-byte line loaded has the line kStreamPrefetchBytes
+// further prefetched (the caller checked that it lies inside the corpus).
+template <int H, int QN, int RN, bool L2>
+EC_INLINE void stream_rows(const float* q, const float* c, int64_t d, float* out, int64_t ld, bool pf) {
+  constexpr int64_t kStep = 8 * H;
+  const int64_t dfull = d - d % kStep;
+  __m256 f[QN][RN];
+  for (int b = 0; b < RN; ++b) {
+    const float* row = c + b * d;
+    __m256 acc[QN][H];
+    for (int a = 0; a < QN; ++a)
+      for (int h = 0; h < H; ++h) acc[a][h] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < dfull; t += kStep) {
+      if (pf && (H == 2 || (t & 15) == 0)) prefetch_bytes(row + t, kStreamPrefetchBytes);
+      for (int h = 0; h < H; ++h) {
+        const __m256 cv = _mm256_loadu_ps(row + t + 8 * h);
+        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], _mm256_loadu_ps(q + a * d + t + 8 * h), cv);
+      }
+    }
+    if (d > dfull)  // masked tail: zeros past d add nothing, and nothing past the row is read
+      for (int h = 0; h < H; ++h) {
+        const int64_t rem = d - dfull - 8 * h;
+        const __m256 cv = load8_tail(row + dfull + 8 * h, rem);
+        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], load8_tail(q + a * d + dfull + 8 * h, rem), cv);
+      }
+    for (int a = 0; a < QN; ++a) f[a][b] = H == 2 ? _mm256_add_ps(acc[a][0], acc[a][H - 1]) : acc[a][0];
+  }
+  for (int a = 0; a < QN; ++a) store_sums<RN>(f[a], out + a * ld);
+}
+
+// One or two queries against nr float rows (a memory stream): out[a * nr + j]. `ahead` rows follow
+// the tile in memory and may be prefetched.
+template <int H, int QN, bool L2>
+__attribute__((noinline)) void stream_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out,
+                                          int64_t ahead) {
+  const int64_t row_bytes = d * int64_t(sizeof(float));
+  int64_t j = 0;
+  for (; j + 4 <= nr; j += 4)
+    stream_rows<H, QN, 4, L2>(q, c + j * d, d, out + j, nr, (nr + ahead - j - 4) * row_bytes >= kStreamPrefetchBytes);
+  for (; j < nr; ++j) stream_rows<H, QN, 1, L2>(q, c + j * d, d, out + j, nr, false);
+}
+
+// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
+// A row's square sum takes the same steps whichever RN and kDot (sq_norms_f32 too).
+template <int H, int RN, bool kDot>
+EC_INLINE void dot_norm_rows(const float* q, const float* c, int64_t d, float* out, float* norm2, bool pf) {
+  constexpr int64_t kStep = 8 * H;
+  const int64_t dfull = d - d % kStep;
+  __m256 f[RN], g[RN];
+  for (int b = 0; b < RN; ++b) {
+    const float* row = c + b * d;
+    __m256 acc[H], nacc[H];
+    for (int h = 0; h < H; ++h) acc[h] = nacc[h] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < dfull; t += kStep) {
+      if (pf && (H == 2 || (t & 15) == 0)) prefetch_bytes(row + t, kStreamPrefetchBytes);
+      for (int h = 0; h < H; ++h) {
+        const __m256 cv = _mm256_loadu_ps(row + t + 8 * h);
+        if constexpr (kDot) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + t + 8 * h), cv, acc[h]);
+        nacc[h] = _mm256_fmadd_ps(cv, cv, nacc[h]);
+      }
+    }
+    if (d > dfull)
+      for (int h = 0; h < H; ++h) {
+        const int64_t rem = d - dfull - 8 * h;
+        const __m256 cv = load8_tail(row + dfull + 8 * h, rem);
+        if constexpr (kDot) acc[h] = _mm256_fmadd_ps(load8_tail(q + dfull + 8 * h, rem), cv, acc[h]);
+        nacc[h] = _mm256_fmadd_ps(cv, cv, nacc[h]);
+      }
+    f[b] = H == 2 ? _mm256_add_ps(acc[0], acc[H - 1]) : acc[0];
+    g[b] = H == 2 ? _mm256_add_ps(nacc[0], nacc[H - 1]) : nacc[0];
+  }
+  if constexpr (kDot) store_sums<RN>(f, out);
+  store_sums<RN>(g, norm2);
+}
+
+template <int H, bool kDot>
+void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
+  const int64_t row_bytes = d * int64_t(sizeof(float));
+  int64_t j = 0;
+  for (; j + 4 <= nr; j += 4)
+    dot_norm_rows<H, 4, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j,
+                              kDot && (nr + ahead - j - 4) * row_bytes >= kStreamPrefetchBytes);
+  for (; j < nr; ++j) dot_norm_rows<H, 1, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j, false);
+}
+
+// Squared norms of nr rows: out[j] = sum_t c[j * d + t]^2.
+template <int H>
+void sq_norms_f32_impl(const float* c, int64_t nr, int64_t d, float* out) {
+  dot_norms<H, false>(nullptr, c, nr, d, nullptr, out, 0);
+}
+
+}  // namespace
+}  // namespace embedcore
