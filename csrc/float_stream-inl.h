@@ -4,11 +4,11 @@
 // here has internal linkage (an anonymous namespace), so each unit keeps its own instantiation and
 // no AVX-512 code can stand in for the AVX2 unit's at link time.
 //
-// Only AVX + FMA instructions on 256-bit vectors are used; the level picks H, the 8-float halves per
-// step: H = 1 (AVX2: 8-float steps, one 8-lane accumulator per pair) or H = 2 (AVX-512: 16-float
-// steps as two 8-lane halves, the lane-wise arithmetic of a 16-lane accumulator folded to 8 lanes).
-// A pair's score is the same sequence of operations wherever the pair falls in a tile, and the same
-// as the level's many-query micro-kernels compute, so tiling and batch size never change a score.
+// Only AVX + FMA instructions on 256-bit vectors are used. Every AVX2 and AVX-512 float kernel
+// computes a pair's score one way: 16-float steps as two 8-float halves (lane l of half h takes
+// elements 16 s + 8 h + l, step after step; a 16-lane accumulator folded to 8 lanes is the same),
+// the halves added, then reduce4's tree. So tiling, batch size and the level (avx2, avx512,
+// avx512_vpopcnt) never change a float score.
 #pragma once
 
 #include <immintrin.h>
@@ -19,6 +19,8 @@ namespace embedcore {
 namespace {
 
 #define EC_INLINE inline __attribute__((always_inline))
+
+constexpr int kHalves = 2;  // 8-float halves per 16-float step
 
 // Software prefetch distance of the streams. Rows are read one after another (every load of a
 // stream is the next 64-byte line), the pattern hardware prefetchers follow best; the software
@@ -84,93 +86,92 @@ EC_INLINE __m256 pair_step(__m256 acc, __m256 qv, __m256 cv) {
 // QN queries (1 or 2) against RN consecutive rows, read row after row: out[a * ld + b]. Each row
 // load serves both queries. With `pf`, every 64-byte line loaded has the line kStreamPrefetchBytes
 // further prefetched (the caller checked that it lies inside the corpus).
-template <int H, int QN, int RN, bool L2>
+template <int QN, int RN, bool L2>
 EC_INLINE void stream_rows(const float* q, const float* c, int64_t d, float* out, int64_t ld, bool pf) {
-  constexpr int64_t kStep = 8 * H;
+  constexpr int64_t kStep = 8 * kHalves;
   const int64_t dfull = d - d % kStep;
   __m256 f[QN][RN];
   for (int b = 0; b < RN; ++b) {
     const float* row = c + b * d;
-    __m256 acc[QN][H];
+    __m256 acc[QN][kHalves];
     for (int a = 0; a < QN; ++a)
-      for (int h = 0; h < H; ++h) acc[a][h] = _mm256_setzero_ps();
+      for (int h = 0; h < kHalves; ++h) acc[a][h] = _mm256_setzero_ps();
     for (int64_t t = 0; t < dfull; t += kStep) {
-      if (pf && (H == 2 || (t & 15) == 0)) prefetch_bytes(row + t, kStreamPrefetchBytes);
-      for (int h = 0; h < H; ++h) {
+      if (pf) prefetch_bytes(row + t, kStreamPrefetchBytes);  // one per 64-byte step
+      for (int h = 0; h < kHalves; ++h) {
         const __m256 cv = _mm256_loadu_ps(row + t + 8 * h);
         for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], _mm256_loadu_ps(q + a * d + t + 8 * h), cv);
       }
     }
     if (d > dfull)  // masked tail: zeros past d add nothing, and nothing past the row is read
-      for (int h = 0; h < H; ++h) {
+      for (int h = 0; h < kHalves; ++h) {
         const int64_t rem = d - dfull - 8 * h;
         const __m256 cv = load8_tail(row + dfull + 8 * h, rem);
         for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], load8_tail(q + a * d + dfull + 8 * h, rem), cv);
       }
-    for (int a = 0; a < QN; ++a) f[a][b] = H == 2 ? _mm256_add_ps(acc[a][0], acc[a][H - 1]) : acc[a][0];
+    for (int a = 0; a < QN; ++a) f[a][b] = _mm256_add_ps(acc[a][0], acc[a][1]);
   }
   for (int a = 0; a < QN; ++a) store_sums<RN>(f[a], out + a * ld);
 }
 
 // One or two queries against nr float rows (a memory stream): out[a * nr + j]. `ahead` rows follow
 // the tile in memory and may be prefetched.
-template <int H, int QN, bool L2>
+template <int QN, bool L2>
 __attribute__((noinline)) void stream_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out,
                                           int64_t ahead) {
   const int64_t row_bytes = d * int64_t(sizeof(float));
   int64_t j = 0;
   for (; j + 4 <= nr; j += 4)
-    stream_rows<H, QN, 4, L2>(q, c + j * d, d, out + j, nr, (nr + ahead - j - 4) * row_bytes >= kStreamPrefetchBytes);
-  for (; j < nr; ++j) stream_rows<H, QN, 1, L2>(q, c + j * d, d, out + j, nr, false);
+    stream_rows<QN, 4, L2>(q, c + j * d, d, out + j, nr, (nr + ahead - j - 4) * row_bytes >= kStreamPrefetchBytes);
+  for (; j < nr; ++j) stream_rows<QN, 1, L2>(q, c + j * d, d, out + j, nr, false);
 }
 
 // One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
 // A row's square sum takes the same steps whichever RN and kDot (sq_norms_f32 too).
-template <int H, int RN, bool kDot>
+template <int RN, bool kDot>
 EC_INLINE void dot_norm_rows(const float* q, const float* c, int64_t d, float* out, float* norm2, bool pf) {
-  constexpr int64_t kStep = 8 * H;
+  constexpr int64_t kStep = 8 * kHalves;
   const int64_t dfull = d - d % kStep;
   __m256 f[RN], g[RN];
   for (int b = 0; b < RN; ++b) {
     const float* row = c + b * d;
-    __m256 acc[H], nacc[H];
-    for (int h = 0; h < H; ++h) acc[h] = nacc[h] = _mm256_setzero_ps();
+    __m256 acc[kHalves], nacc[kHalves];
+    for (int h = 0; h < kHalves; ++h) acc[h] = nacc[h] = _mm256_setzero_ps();
     for (int64_t t = 0; t < dfull; t += kStep) {
-      if (pf && (H == 2 || (t & 15) == 0)) prefetch_bytes(row + t, kStreamPrefetchBytes);
-      for (int h = 0; h < H; ++h) {
+      if (pf) prefetch_bytes(row + t, kStreamPrefetchBytes);  // one per 64-byte step
+      for (int h = 0; h < kHalves; ++h) {
         const __m256 cv = _mm256_loadu_ps(row + t + 8 * h);
         if constexpr (kDot) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + t + 8 * h), cv, acc[h]);
         nacc[h] = _mm256_fmadd_ps(cv, cv, nacc[h]);
       }
     }
     if (d > dfull)
-      for (int h = 0; h < H; ++h) {
+      for (int h = 0; h < kHalves; ++h) {
         const int64_t rem = d - dfull - 8 * h;
         const __m256 cv = load8_tail(row + dfull + 8 * h, rem);
         if constexpr (kDot) acc[h] = _mm256_fmadd_ps(load8_tail(q + dfull + 8 * h, rem), cv, acc[h]);
         nacc[h] = _mm256_fmadd_ps(cv, cv, nacc[h]);
       }
-    f[b] = H == 2 ? _mm256_add_ps(acc[0], acc[H - 1]) : acc[0];
-    g[b] = H == 2 ? _mm256_add_ps(nacc[0], nacc[H - 1]) : nacc[0];
+    f[b] = _mm256_add_ps(acc[0], acc[1]);
+    g[b] = _mm256_add_ps(nacc[0], nacc[1]);
   }
   if constexpr (kDot) store_sums<RN>(f, out);
   store_sums<RN>(g, norm2);
 }
 
-template <int H, bool kDot>
+template <bool kDot>
 void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
   const int64_t row_bytes = d * int64_t(sizeof(float));
   int64_t j = 0;
   for (; j + 4 <= nr; j += 4)
-    dot_norm_rows<H, 4, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j,
+    dot_norm_rows<4, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j,
                               kDot && (nr + ahead - j - 4) * row_bytes >= kStreamPrefetchBytes);
-  for (; j < nr; ++j) dot_norm_rows<H, 1, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j, false);
+  for (; j < nr; ++j) dot_norm_rows<1, kDot>(q, c + j * d, d, kDot ? out + j : nullptr, norm2 + j, false);
 }
 
 // Squared norms of nr rows: out[j] = sum_t c[j * d + t]^2.
-template <int H>
-void sq_norms_f32_impl(const float* c, int64_t nr, int64_t d, float* out) {
-  dot_norms<H, false>(nullptr, c, nr, d, nullptr, out, 0);
+inline void sq_norms_f32_impl(const float* c, int64_t nr, int64_t d, float* out) {
+  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
 }
 
 }  // namespace

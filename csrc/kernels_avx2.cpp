@@ -104,23 +104,24 @@ inline __m256 load_row(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
 }
 inline __m256 load_row_tail(const float* p, int64_t rem) { return load8_tail(p, rem); }
+
+// The first `rem` (any count; at most 8 are used) codes at p widened, zeros after them.
 inline __m256 load_row_tail(const int8_t* p, int64_t rem) {
+  if (rem >= 8) return load_row(p);
   int64_t raw = 0;  // bytes past the row stay zero
-  __builtin_memcpy(&raw, p, size_t(rem));
+  if (rem > 0) __builtin_memcpy(&raw, p, size_t(rem));
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
 }
 
+// Half h of every pair of a micro-kernel: elements 16 s + 8 h + l into lane l of acc, step after
+// step, then the masked half of the tail step (zeros past d; all zeros when the tail is shorter).
 // Loops written out (no lambda capturing the accumulators, which would keep them in memory).
-// PF: the micro-kernel streams its rows from memory (one or two queries) and prefetches the RN rows
-// after them, at the same offset, when at least RN rows (`ahead`) follow its own.
 template <int QN, int RN, bool L2, bool PF, typename CT>
-inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
-  __m256 acc[QN][RN];
+EC_INLINE void half_pass(__m256 (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t h, bool pf) {
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(7);
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 8) {
+  const int64_t dfull = d & ~int64_t(15);
+  for (int64_t t = 8 * h; t < dfull; t += 16) {
     if (pf && (t * int64_t(sizeof(CT)) & 63) == 0)  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
     __m256 cv[RN];
@@ -135,14 +136,32 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
       for (int b = 0; b < RN; ++b) acc[a][b] = pair_step<L2>(acc[a][b], qv, cv[b]);
     }
   }
-  if (d > dfull) {  // masked tail: zeros beyond d, no read past the end
+  if (d > dfull) {  // masked tail: no read past the end
+    const int64_t rem = d - dfull - 8 * h;
     __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = load_row_tail(c + b * d + dfull, d - dfull);
+    for (int b = 0; b < RN; ++b) cv[b] = load_row_tail(c + b * d + dfull + 8 * h, rem);
     for (int a = 0; a < QN; ++a) {
-      const __m256 qv = load8_tail(q + a * d + dfull, d - dfull);
+      const __m256 qv = load8_tail(q + a * d + dfull + 8 * h, rem);
       for (int b = 0; b < RN; ++b) acc[a][b] = pair_step<L2>(acc[a][b], qv, cv[b]);
     }
   }
+}
+
+// QN queries x RN rows with the AVX-512 levels' arithmetic on 8-lane registers: a pair takes
+// 16-float steps as two 8-float halves (lane l of half h: elements 16 s + 8 h + l) whose sum goes
+// through the 4-sum tree, as float_stream-inl.h's streams with H = 2 and the 16-lane kernels of
+// kernels_avx512.cpp do: float scores agree bit for bit between AVX2 and AVX-512. The halves are
+// two passes over the rows (the second reads them from L1), so the 4 x 3 walk keeps its 12
+// accumulators per pass. PF: the micro-kernel streams its rows from memory and prefetches the RN
+// rows after them, at the same offset, when at least RN rows (`ahead`) follow its own.
+template <int QN, int RN, bool L2, bool PF, typename CT>
+inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
+  __m256 lo[QN][RN], acc[QN][RN];
+  const bool pf = PF && ahead >= RN;
+  half_pass<QN, RN, L2, PF>(lo, q, c, d, 0, pf);
+  half_pass<QN, RN, L2, PF>(acc, q, c, d, 1, pf);
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_add_ps(lo[a][b], acc[a][b]);
   const __m256 zero = _mm256_setzero_ps();
   for (int a = 0; a < QN; ++a) {
     if constexpr (RN % 4 == 0) {
@@ -176,7 +195,7 @@ template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
   if constexpr (std::is_same_v<CT, float>) {
     if (nq <= 2)
-      return nq == 1 ? stream_f32<1, 1, L2>(q, c, nr, d, out, ahead) : stream_f32<1, 2, L2>(q, c, nr, d, out, ahead);
+      return nq == 1 ? stream_f32<1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, L2>(q, c, nr, d, out, ahead);
   } else if (nq == 1) {
     return stream_i8(q, c, nr, d, out, ahead);
   }
@@ -202,11 +221,11 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl<1>(c, nr, d, out); }
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl(c, nr, d, out); }
 
 void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
                         int64_t ahead) {
-  dot_norms<1, true>(q, c, nr, d, out, norm2, ahead);
+  dot_norms<true>(q, c, nr, d, out, norm2, ahead);
 }
 
 // int8: sign-extend 16 bytes to int16 lanes and madd pairs into int32 (exact); scalar tail.

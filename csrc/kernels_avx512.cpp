@@ -11,6 +11,7 @@
 #include "tile_grid.h"
 
 #define EC_VPOPCNT __attribute__((target("avx512vpopcntdq")))
+#define EC_VNNI __attribute__((target("avx512vnni")))
 
 namespace embedcore {
 namespace {
@@ -66,7 +67,7 @@ int32_t dot_i8(const int8_t* a, const int8_t* b, size_t d) {
   return _mm512_reduce_add_epi32(acc);
 }
 
-uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
+EC_VPOPCNT uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   __m512i acc = _mm512_setzero_si512();
   size_t i = 0;
   for (; i + 64 <= nbytes; i += 64) {
@@ -182,7 +183,7 @@ void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, fl
   // (100 dims: 1 query 7-10%, 2 queries 5-19% slower by halves from memory) keep whole vectors.
   if constexpr (std::is_same_v<CT, float>) {
     if (nq <= 2 && d % 16 == 0)
-      return nq == 1 ? stream_f32<2, 1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, 2, L2>(q, c, nr, d, out, ahead);
+      return nq == 1 ? stream_f32<1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, L2>(q, c, nr, d, out, ahead);
   } else if (nq <= 2) {
     return nq == 1 ? stream_i8<1, L2>(q, c, nr, d, out, ahead) : stream_i8<2, L2>(q, c, nr, d, out, ahead);
   }
@@ -206,11 +207,11 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl<2>(c, nr, d, out); }
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl(c, nr, d, out); }
 
 void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
                         int64_t ahead) {
-  dot_norms<2, true>(q, c, nr, d, out, norm2, ahead);
+  dot_norms<true>(q, c, nr, d, out, norm2, ahead);
 }
 
 inline __mmask32 tail_mask32(int64_t rem) { return __mmask32((uint64_t(1) << rem) - 1u); }
@@ -248,7 +249,7 @@ inline __m128i reduce4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
 // to c + 128 (an XOR of the sign bit, shared by all queries of the micro-kernel) and 128 * sum(q),
 // computed once per query and tile, is subtracted at the end (exact in int32).
 template <int QN, int RN, typename Load>
-__attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], const int8_t* q,
+EC_VNNI EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], const int8_t* q,
                                                                   const int8_t* c, int64_t d, int64_t t,
                                                                   Load load) {
   const __m512i sign = _mm512_set1_epi8(char(0x80));
@@ -261,7 +262,7 @@ __attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)
 }
 
 template <int QN, int RN>
-__attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
+EC_VNNI inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
                                                                 const int32_t* qshift, int32_t* out,
                                                                 int64_t ld) {
   __m512i acc[QN][RN];
@@ -285,7 +286,7 @@ __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q,
 }
 
 // 128 * sum(q) for `nq` int8 query rows (the VNNI shift correction).
-__attribute__((target("avx512vnni"))) void query_shifts(const int8_t* q, int64_t nq, int64_t d, int32_t* shift) {
+EC_VNNI void query_shifts(const int8_t* q, int64_t nq, int64_t d, int32_t* shift) {
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t i = 0; i < nq; ++i) {
     __m512i acc = _mm512_setzero_si512();
@@ -301,14 +302,14 @@ void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64
   });
 }
 
-void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+EC_VNNI void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
   constexpr int64_t kChunk = 64;
   int32_t shift[kChunk];
   for (int64_t i0 = 0; i0 < nq; i0 += kChunk) {  // queries in chunks of kChunk shift corrections
     const int64_t nqc = nq - i0 < kChunk ? nq - i0 : kChunk;
     const int8_t* qc = q + i0 * d;
     query_shifts(qc, nqc, d, shift);
-    for_each_micro<4>(nqc, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    for_each_micro<4>(nqc, nr, [&](auto qn, auto rn, int64_t i, int64_t j) EC_VNNI {
       micro_i8_vnni<decltype(qn)::value, decltype(rn)::value>(qc + i * d, c + j * d, d, shift + i,
                                                               out + (i0 + i) * nr + j, nr);
     });
@@ -333,7 +334,7 @@ inline __m512i reduce8_epi64(const __m512i* v) {
 // they stay inside the tile, and `keep` clears the bytes past the row after the XOR. Byte-masked
 // loads of rows streamed from memory ran at half the speed here, so only the tile's end uses them.
 template <int QN, bool kMaskedRows>
-inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
+EC_VPOPCNT inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
   __m512i acc[QN][8];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < 8; ++b) acc[a][b] = _mm512_setzero_si512();
@@ -372,7 +373,7 @@ inline uint64_t load_word(const uint8_t* p, int64_t nb, int64_t w) {
   return x;
 }
 
-void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
+EC_VPOPCNT void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
                              int32_t* out) {
   const int64_t words = (nb + 7) / 8, groups = (nr + 7) / 8;
   alignas(64) uint64_t rows[kTransposedMaxRows / 8][kTransposedMaxWords][8];
@@ -406,13 +407,14 @@ void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int
   }
 }
 
-void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+EC_VPOPCNT void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
+                             int32_t* out) {
   // Transposing costs about one pass over the tile: worth it from a few queries on.
   if (nq >= 4 && nb <= 8 * kTransposedMaxWords && nr <= kTransposedMaxRows) {
     tile_hamming_transposed(q, nq, c, nr, nb, out);
     return;
   }
-  auto group = [&](auto masked, int64_t j) {
+  auto group = [&](auto masked, int64_t j) EC_VPOPCNT {
     int64_t i = 0;
     for (; i + 2 <= nq; i += 2)
       micro_hamming8<2, decltype(masked)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
@@ -471,8 +473,8 @@ void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float
 
 }  // namespace
 
-const KernelTable& avx512_kernels() {
-  static const KernelTable table{Isa::kAvx512,
+const KernelTable& avx512_vpopcnt_kernels() {
+  static const KernelTable table{Isa::kAvx512Vpopcnt,
                                  dot_f32,
                                  l2sq_f32,
                                  dot_i8,
@@ -480,8 +482,8 @@ const KernelTable& avx512_kernels() {
                                  tile_dot_f32,
                                  tile_l2_f32,
                                  tile_dot_f32_i8,
-                                 // VNNI is not part of the AVX-512 level's requirements: use it when present.
-                                 __builtin_cpu_supports("avx512vnni") ? tile_dot_i8_vnni : tile_dot_i8,
+                                 // VNNI is not part of the AVX-512 levels' requirements: use it when present.
+                                 cpu_has_avx512_vnni() ? tile_dot_i8_vnni : tile_dot_i8,
                                  tile_hamming,
                                  rows_f16_to_f32,
                                  rows_bf16_to_f32,
