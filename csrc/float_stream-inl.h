@@ -1,6 +1,7 @@
-// Float32 scans that stream corpus rows from memory (one or two queries, and the row square sums of
-// the cosine scan), written once and compiled into each per-ISA translation unit with that unit's
-// flags: kernels_avx2.cpp and kernels_avx512.cpp include this file at file scope, and everything
+// Float32 kernels written once for the SIMD units: the scans that stream corpus rows from memory
+// (one or two queries, and the row square sums of the cosine scan) and the vector step of every
+// many-query micro-kernel (micro_step, over a level's vector operations: Ymm here, Zmm in the
+// AVX-512 unit). They are compiled into each per-ISA translation unit with that unit's flags: kernels_avx2.cpp and kernels_avx512.cpp include this file at file scope, and everything
 // here has internal linkage (an anonymous namespace), so each unit keeps its own instantiation and
 // no AVX-512 code can stand in for the AVX2 unit's at link time.
 //
@@ -71,15 +72,42 @@ EC_INLINE void store_sums(const __m256 (&f)[RN], float* out) {
   }
 }
 
-// One pair's step over the 8 floats at offset t + 8 h: a multiply-add (dot) or a squared
-// difference (l2) into acc. `rem` < 8 floats are read on the row's masked tail (zeros after them).
-template <bool L2>
-EC_INLINE __m256 pair_step(__m256 acc, __m256 qv, __m256 cv) {
+// Float vector operations of a level: the AVX2 unit and the streams use Ymm; the AVX-512 unit adds
+// its 16-lane Zmm with the same members.
+struct Ymm {
+  using V = __m256;
+  static EC_INLINE V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static EC_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+};
+
+// One pair's step: acc + qv * cv (dot) or acc + (qv - cv)^2 (l2), lane by lane.
+template <typename Ops, bool L2>
+EC_INLINE typename Ops::V pair_step(typename Ops::V acc, typename Ops::V qv, typename Ops::V cv) {
   if constexpr (L2) {
-    const __m256 diff = _mm256_sub_ps(qv, cv);
-    return _mm256_fmadd_ps(diff, diff, acc);
+    const typename Ops::V diff = Ops::sub(qv, cv);
+    return Ops::fmadd(diff, diff, acc);
   } else {
-    return _mm256_fmadd_ps(qv, cv, acc);
+    return Ops::fmadd(qv, cv, acc);
+  }
+}
+
+// One step (one vector of elements from offset t) of a QN x RN micro-kernel with one accumulator
+// per pair: every row's vector is loaded once (cload: float32, or int8 codes widened in registers)
+// and every query's once (qload); unmasked and masked loads give the same values, so the same
+// arithmetic. Always inlined: GCC keeps the accumulators in registers only then.
+template <typename Ops, int QN, int RN, bool L2, bool kStream, typename CT, typename QLoad, typename CLoad>
+EC_INLINE void micro_step(typename Ops::V (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t t,
+                          QLoad qload, CLoad cload) {
+  typename Ops::V cv[RN];
+  for (int b = 0; b < RN; ++b) {
+    cv[b] = cload(c + b * d + t);
+    // Several queries streaming rows from memory: one load per row and step. Folded into each FMA,
+    // a load that misses would be repeated QN times, taking load-queue entries from other misses.
+    if constexpr (kStream && QN > 1) asm("" : "+v"(cv[b]));
+  }
+  for (int a = 0; a < QN; ++a) {
+    const typename Ops::V qv = qload(q + a * d + t);
+    for (int b = 0; b < RN; ++b) acc[a][b] = pair_step<Ops, L2>(acc[a][b], qv, cv[b]);
   }
 }
 
@@ -100,14 +128,14 @@ EC_INLINE void stream_rows(const float* q, const float* c, int64_t d, float* out
       if (pf) prefetch_bytes(row + t, kStreamPrefetchBytes);  // one per 64-byte step
       for (int h = 0; h < kHalves; ++h) {
         const __m256 cv = _mm256_loadu_ps(row + t + 8 * h);
-        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], _mm256_loadu_ps(q + a * d + t + 8 * h), cv);
+        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<Ymm, L2>(acc[a][h], _mm256_loadu_ps(q + a * d + t + 8 * h), cv);
       }
     }
     if (d > dfull)  // masked tail: zeros past d add nothing, and nothing past the row is read
       for (int h = 0; h < kHalves; ++h) {
         const int64_t rem = d - dfull - 8 * h;
         const __m256 cv = load8_tail(row + dfull + 8 * h, rem);
-        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<L2>(acc[a][h], load8_tail(q + a * d + dfull + 8 * h, rem), cv);
+        for (int a = 0; a < QN; ++a) acc[a][h] = pair_step<Ymm, L2>(acc[a][h], load8_tail(q + a * d + dfull + 8 * h, rem), cv);
       }
     for (int a = 0; a < QN; ++a) f[a][b] = _mm256_add_ps(acc[a][0], acc[a][1]);
   }

@@ -124,32 +124,20 @@ EC_INLINE void half_pass(__m256 (&acc)[QN][RN], const float* q, const CT* c, int
   for (int64_t t = 8 * h; t < dfull; t += 16) {
     if (pf && (t * int64_t(sizeof(CT)) & 63) == 0)  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) {
-      cv[b] = load_row(c + b * d + t);
-      // Several queries streaming rows from memory: one load per row and step. Folded into each
-      // FMA, a load that misses would be repeated QN times, taking load-queue entries from other misses.
-      if constexpr (PF && QN > 1) asm("" : "+x"(cv[b]));
-    }
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_loadu_ps(q + a * d + t);
-      for (int b = 0; b < RN; ++b) acc[a][b] = pair_step<L2>(acc[a][b], qv, cv[b]);
-    }
+    micro_step<Ymm, QN, RN, L2, PF>(acc, q, c, d, t, [](const float* p) { return _mm256_loadu_ps(p); },
+                                    [](const CT* p) { return load_row(p); });
   }
   if (d > dfull) {  // masked tail: no read past the end
     const int64_t rem = d - dfull - 8 * h;
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = load_row_tail(c + b * d + dfull + 8 * h, rem);
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = load8_tail(q + a * d + dfull + 8 * h, rem);
-      for (int b = 0; b < RN; ++b) acc[a][b] = pair_step<L2>(acc[a][b], qv, cv[b]);
-    }
+    micro_step<Ymm, QN, RN, L2, PF>(acc, q, c, d, dfull + 8 * h,
+                                    [rem](const float* p) { return load8_tail(p, rem); },
+                                    [rem](const CT* p) { return load_row_tail(p, rem); });
   }
 }
 
 // QN queries x RN rows with the AVX-512 levels' arithmetic on 8-lane registers: a pair takes
 // 16-float steps as two 8-float halves (lane l of half h: elements 16 s + 8 h + l) whose sum goes
-// through the 4-sum tree, as float_stream-inl.h's streams with H = 2 and the 16-lane kernels of
+// through the 4-sum tree, as float_stream-inl.h's streams and the 16-lane kernels of
 // kernels_avx512.cpp do: float scores agree bit for bit between AVX2 and AVX-512. The halves are
 // two passes over the rows (the second reads them from L1), so the 4 x 3 walk keeps its 12
 // accumulators per pass. PF: the micro-kernel streams its rows from memory and prefetches the RN

@@ -97,32 +97,12 @@ inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return reduce4(fold(a), fold(b), fold(c), fold(d));
 }
 
-// One 16-element chunk of every pair; the loads are unmasked or masked (the same values, so the
-// same arithmetic: a pair's score does not depend on which was used). Rows are float32 or int8
-// codes widened to float32 in registers. Always inlined: GCC keeps the accumulators in registers
-// only when the step is inlined into the micro-kernel's loop.
-template <int QN, int RN, bool L2, bool kStream, typename CT, typename QLoad, typename CLoad>
-EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t t, QLoad qload,
-                        CLoad cload) {
-  __m512 cv[RN];
-  for (int b = 0; b < RN; ++b) {
-    cv[b] = cload(c + b * d + t);
-    // Several queries streaming rows from memory: one load per row and step. Folded into each FMA,
-    // a load that misses would be repeated QN times, taking load-queue entries from other misses.
-    if constexpr (kStream && QN > 1) asm("" : "+v"(cv[b]));
-  }
-  for (int a = 0; a < QN; ++a) {
-    const __m512 qv = qload(q + a * d + t);
-    for (int b = 0; b < RN; ++b) {
-      if constexpr (L2) {
-        const __m512 diff = _mm512_sub_ps(qv, cv[b]);
-        acc[a][b] = _mm512_fmadd_ps(diff, diff, acc[a][b]);
-      } else {
-        acc[a][b] = _mm512_fmadd_ps(qv, cv[b], acc[a][b]);
-      }
-    }
-  }
-}
+// The 16-lane vector operations of micro_step (float_stream-inl.h).
+struct Zmm {
+  using V = __m512;
+  static EC_INLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static EC_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+};
 
 inline __m512 widen_i8(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)); }
 
@@ -141,9 +121,9 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
     if (PF && (sizeof(CT) == 4 || (t & 63) == 0))  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
     if constexpr (std::is_same_v<CT, float>)
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, t, qload, qload);
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, t, qload, qload);
     else
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, t, qload, [](const int8_t* p) {
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, t, qload, [](const int8_t* p) {
         return widen_i8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       });
   }
@@ -151,9 +131,9 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
     const __mmask16 m = tail_mask16(d - dfull);
     auto qmasked = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
     if constexpr (std::is_same_v<CT, float>)
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked, qmasked);
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked, qmasked);
     else
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked,
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked,
                            [m](const int8_t* p) { return widen_i8(_mm_maskz_loadu_epi8(m, p)); });
   }
   const __m512 zero = _mm512_setzero_ps();
