@@ -1,7 +1,7 @@
 """Build of embedcore's native extensions.
 
 * ``embedcore._C`` (always): C++17 + OpenMP, pybind11, no torch. ``csrc/*_<isa>.cpp`` files are
-  compiled once per ISA with that ISA's flags (AVX2/FMA/POPCNT; AVX-512 when the compiler takes it)
+  compiled once per ISA with that ISA's flags (AVX2/FMA/POPCNT; AVX-512 F/BW/VL when the compiler takes it)
   and linked together with the portable sources; the kernel table is chosen at run time, so the
   same binary runs on any x86-64.
 * ``embedcore._cuda`` (when nvcc is found): ``csrc/cuda/*.cu`` compiled by nvcc, bound by
@@ -29,21 +29,27 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 COMMON_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
 
-# (name, compiler flags, macro, probe code using the ISA's intrinsics)
+# (name, compiler flags, macro, probe program using the ISA's intrinsics). A unit's flags are what
+# its level requires of every CPU it runs on; optional features (AVX-512 VPOPCNTDQ for the popcount
+# kernels, VNNI for int8) are per-function target attributes, chosen at run time, so the probe
+# checks that the compiler takes them too.
 ISAS = [
     (
         "avx2",
         ["-mavx2", "-mfma", "-mpopcnt"],
         "EMBEDCORE_HAVE_AVX2",
-        "__m256 x = _mm256_fmadd_ps(_mm256_set1_ps(1.f), _mm256_set1_ps(2.f), _mm256_setzero_ps());"
-        "return (int)_mm256_cvtss_f32(x) + (int)_mm_popcnt_u64(3);",
+        "int main() { __m256 x = _mm256_fmadd_ps(_mm256_set1_ps(1.f), _mm256_set1_ps(2.f),"
+        " _mm256_setzero_ps()); return (int)_mm256_cvtss_f32(x) + (int)_mm_popcnt_u64(3); }",
     ),
     (
         "avx512",
-        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma", "-mpopcnt"],
+        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mpopcnt"],
         "EMBEDCORE_HAVE_AVX512",
-        "__m512i x = _mm512_popcnt_epi64(_mm512_set1_epi64(3));"
-        "return (int)_mm512_reduce_add_epi64(x);",
+        '__attribute__((target("avx512vpopcntdq"))) long long popcounts(__m512i x)'
+        " { return _mm512_reduce_add_epi64(_mm512_popcnt_epi64(x)); }"
+        '__attribute__((target("avx512vnni"))) int dots(__m512i x)'
+        " { return _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(x, x, x)); }"
+        " int main() { __m512i x = _mm512_set1_epi64(3); return (int)popcounts(x) + dots(x); }",
     ),
 ]
 
@@ -104,9 +110,10 @@ class BuildExt(build_ext):
 
     # -- CPU ISA translation units -------------------------------------------------------------
     def _compiler_accepts(self, flags: list[str], body: str) -> bool:
+        """Whether the compiler builds the probe program `body` with `flags`."""
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "probe.cpp"
-            src.write_text(f"#include <immintrin.h>\nint main() {{ {body} }}\n")
+            src.write_text(f"#include <immintrin.h>\n{body}\n")
             try:
                 self.compiler.compile([str(src)], output_dir=tmp, extra_postargs=flags)
             except Exception:

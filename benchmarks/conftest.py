@@ -18,7 +18,7 @@ import pytest
 QUICK = os.environ.get("EMBEDCORE_BENCH_QUICK", "").strip() not in ("", "0")
 REQUIRED_INFO = ("op", "provider", "shape", "dtype", "metric")
 # embedcore ISA -> the FAISS SIMD level with the same instructions (FAISS aborts on unknown names).
-FAISS_SIMD = {"scalar": "NONE", "avx2": "AVX2", "avx512": "AVX512_VPOPCNT"}
+FAISS_SIMD = {"scalar": "NONE", "avx2": "AVX2", "avx512": "AVX512", "avx512_vpopcnt": "AVX512_VPOPCNT"}
 
 
 def _pin_faiss_simd() -> None:

@@ -7,9 +7,29 @@ namespace embedcore {
 
 namespace {
 
+#if defined(EMBEDCORE_HAVE_AVX512) && defined(EMBEDCORE_HAVE_AVX2)
+// AVX-512 F/BW/VL without VPOPCNTDQ (Skylake-SP, Cascade Lake): AVX-512 float and int8 kernels,
+// AVX2's popcount kernels.
+const KernelTable& avx512_kernels() {
+  static const KernelTable table = [] {
+    KernelTable t = avx512_vpopcnt_kernels();
+    const KernelTable& popcounts = avx2_kernels();
+    t.isa = Isa::kAvx512;
+    t.hamming = popcounts.hamming;
+    t.tile_hamming = popcounts.tile_hamming;
+    t.hamming_nibble_rows = popcounts.hamming_nibble_rows;
+    t.tile_hamming_nibbles = popcounts.tile_hamming_nibbles;
+    return t;
+  }();
+  return table;
+}
+#endif
+
 const KernelTable& table_for(Isa isa) {
   switch (isa) {
-#ifdef EMBEDCORE_HAVE_AVX512
+#if defined(EMBEDCORE_HAVE_AVX512) && defined(EMBEDCORE_HAVE_AVX2)
+    case Isa::kAvx512Vpopcnt:
+      return avx512_vpopcnt_kernels();
     case Isa::kAvx512:
       return avx512_kernels();
 #endif

@@ -1,6 +1,8 @@
 // Per-ISA distance primitives. Each translation unit kernels_<isa>.cpp is compiled with its own
-// -m flags and fills one KernelTable; dispatch.cpp hands out the table the CPU supports, so the
-// extension runs on any x86-64 (scalar fallback) and uses AVX2/AVX-512 where present.
+// -m flags and fills one KernelTable; dispatch.cpp hands out the table of the level the CPU
+// supports (cpu_features.h; the avx512 level is the AVX-512 unit's table with the AVX2 unit's
+// popcount kernels), so the extension runs on any x86-64 (scalar fallback) and uses AVX2/AVX-512
+// where present. Algorithms shared by the units live in *-inl.h files, instantiated per unit.
 #pragma once
 
 #include <cstddef>
@@ -73,7 +75,9 @@ const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 #endif
 #ifdef EMBEDCORE_HAVE_AVX512
-const KernelTable& avx512_kernels();
+// The AVX-512 unit's kernels with its VPOPCNTDQ popcount kernels (level avx512_vpopcnt); the
+// avx512 level is this table with AVX2's popcount kernels (dispatch.cpp).
+const KernelTable& avx512_vpopcnt_kernels();
 #endif
 
 // The table in use: the best supported ISA, or the one forced by set_active_isa / EMBEDCORE_CPU_ISA.

@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "float_stream-inl.h"
 #include "kernels.h"
 #include "tile_grid.h"
 
@@ -89,33 +90,10 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
 // A micro-kernel scores QN queries against RN corpus rows with one accumulator per pair: the same
 // sequence of instructions for a pair whatever QN and RN are, so tiling never changes a score.
 
-// maskload masks: kMaskTable + 8 - rem selects the first `rem` lanes.
-alignas(64) constexpr int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-inline __m256i tail_mask8(int64_t rem) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
-}
-
-// Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
-// single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
-inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
+// [sum(a), sum(b), sum(c), sum(d)] of four vectors of 8 int32 lanes.
 inline __m128i reduce4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
   const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
   return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
-}
-
-template <bool L2>
-inline __m256 fold(__m256 acc, __m256 qv, __m256 cv) {
-  if constexpr (L2) {
-    const __m256 diff = _mm256_sub_ps(qv, cv);
-    return _mm256_fmadd_ps(diff, diff, acc);
-  } else {
-    return _mm256_fmadd_ps(qv, cv, acc);
-  }
 }
 
 // Rows are float32, or int8 codes widened to float32 in registers.
@@ -125,54 +103,53 @@ inline __m256 load_row(const int8_t* p) {
   __builtin_memcpy(&raw, p, 8);
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
 }
-inline __m256 load_row_tail(const float* p, int64_t rem) { return _mm256_maskload_ps(p, tail_mask8(rem)); }
+inline __m256 load_row_tail(const float* p, int64_t rem) { return load8_tail(p, rem); }
+
+// The first `rem` (any count; at most 8 are used) codes at p widened, zeros after them.
 inline __m256 load_row_tail(const int8_t* p, int64_t rem) {
+  if (rem >= 8) return load_row(p);
   int64_t raw = 0;  // bytes past the row stay zero
-  __builtin_memcpy(&raw, p, size_t(rem));
+  if (rem > 0) __builtin_memcpy(&raw, p, size_t(rem));
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(raw)));
 }
 
-// Prefetches (T0) element t of row r of c. The address is formed as an integer: the caller checked
-// that the row exists, and no pointer past it is ever made.
-template <typename CT>
-inline void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) + uintptr_t((r * d + t) * int64_t(sizeof(CT)))),
-               _MM_HINT_T0);
-}
-
+// Half h of every pair of a micro-kernel: elements 16 s + 8 h + l into lane l of acc, step after
+// step, then the masked half of the tail step (zeros past d; all zeros when the tail is shorter).
 // Loops written out (no lambda capturing the accumulators, which would keep them in memory).
-// PF: the micro-kernel streams its rows from memory (one or two queries) and prefetches the RN rows
-// after them, at the same offset, when at least RN rows (`ahead`) follow its own.
 template <int QN, int RN, bool L2, bool PF, typename CT>
-inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
-  __m256 acc[QN][RN];
+EC_INLINE void half_pass(__m256 (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t h, bool pf) {
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(7);
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 8) {
+  const int64_t dfull = d & ~int64_t(15);
+  for (int64_t t = 8 * h; t < dfull; t += 16) {
     if (pf && (t * int64_t(sizeof(CT)) & 63) == 0)  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) {
-      cv[b] = load_row(c + b * d + t);
-      // Several queries streaming rows from memory: one load per row and step. Folded into each
-      // FMA, a load that misses would be repeated QN times, taking load-queue entries from other misses.
-      if constexpr (PF && QN > 1) asm("" : "+x"(cv[b]));
-    }
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_loadu_ps(q + a * d + t);
-      for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
-    }
+    micro_step<Ymm, QN, RN, L2, PF>(acc, q, c, d, t, [](const float* p) { return _mm256_loadu_ps(p); },
+                                    [](const CT* p) { return load_row(p); });
   }
-  if (d > dfull) {  // masked tail: zeros beyond d, no read past the end
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) cv[b] = load_row_tail(c + b * d + dfull, d - dfull);
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_maskload_ps(q + a * d + dfull, tail_mask8(d - dfull));
-      for (int b = 0; b < RN; ++b) acc[a][b] = fold<L2>(acc[a][b], qv, cv[b]);
-    }
+  if (d > dfull) {  // masked tail: no read past the end
+    const int64_t rem = d - dfull - 8 * h;
+    micro_step<Ymm, QN, RN, L2, PF>(acc, q, c, d, dfull + 8 * h,
+                                    [rem](const float* p) { return load8_tail(p, rem); },
+                                    [rem](const CT* p) { return load_row_tail(p, rem); });
   }
+}
+
+// QN queries x RN rows with the AVX-512 levels' arithmetic on 8-lane registers: a pair takes
+// 16-float steps as two 8-float halves (lane l of half h: elements 16 s + 8 h + l) whose sum goes
+// through the 4-sum tree, as float_stream-inl.h's streams and the 16-lane kernels of
+// kernels_avx512.cpp do: float scores agree bit for bit between AVX2 and AVX-512. The halves are
+// two passes over the rows (the second reads them from L1), so the 4 x 3 walk keeps its 12
+// accumulators per pass. PF: the micro-kernel streams its rows from memory and prefetches the RN
+// rows after them, at the same offset, when at least RN rows (`ahead`) follow its own.
+template <int QN, int RN, bool L2, bool PF, typename CT>
+inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
+  __m256 lo[QN][RN], acc[QN][RN];
+  const bool pf = PF && ahead >= RN;
+  half_pass<QN, RN, L2, PF>(lo, q, c, d, 0, pf);
+  half_pass<QN, RN, L2, PF>(acc, q, c, d, 1, pf);
+  for (int a = 0; a < QN; ++a)
+    for (int b = 0; b < RN; ++b) acc[a][b] = _mm256_add_ps(lo[a][b], acc[a][b]);
   const __m256 zero = _mm256_setzero_ps();
   for (int a = 0; a < QN; ++a) {
     if constexpr (RN % 4 == 0) {
@@ -189,42 +166,28 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// Walks a tile as 4 queries x 3 rows: 12 accumulators, 3 rows and a query fill the 16 ymm
-// registers (7 loads per 12 multiply-adds). Remainders: 2 and 1 queries, single rows.
-template <typename Micro>
-inline void walk_4x3(int64_t nq, int64_t nr, Micro&& micro) {
-  auto queries = [&](auto rn, int64_t j) {
-    int64_t i = 0;
-    for (; i + 4 <= nq; i += 4) micro(std::integral_constant<int, 4>{}, rn, i, j);
-    if (i + 2 <= nq) {
-      micro(std::integral_constant<int, 2>{}, rn, i, j);
-      i += 2;
-    }
-    if (i < nq) micro(std::integral_constant<int, 1>{}, rn, i, j);
-  };
+// One query over int8 codes: a memory stream of 4 rows per micro-kernel, the next rows prefetched
+// (8 rows ran 1.5x faster from memory but 1.4x slower from L3, 10k rows). Kept out of tile_f32:
+// inlined there, it cost the 4 x 3 walk registers (18% slower).
+__attribute__((noinline)) void stream_i8(const float* q, const int8_t* c, int64_t nr, int64_t d, float* out,
+                                         int64_t ahead) {
   int64_t j = 0;
-  for (; j + 3 <= nr; j += 3) queries(std::integral_constant<int, 3>{}, j);
-  for (; j < nr; ++j) queries(std::integral_constant<int, 1>{}, j);
+  for (; j + 4 <= nr; j += 4) micro_f32<1, 4, false, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 4);
+  for (; j < nr; ++j) micro_f32<1, 1, false, false>(q, c + j * d, d, out + j, nr, 0);
 }
 
-// One or two queries: a memory stream, 8 float rows (4 for two queries or int8 codes) in flight per
-// step and the next rows prefetched. int8 codes by 8 rows ran 1.5x faster from memory but 1.4x
-// slower from L3 (10k rows) than by 4. Kept out of tile_f32: inlined there, it cost the 4 x 3 walk
-// registers (18% slower). Two queries over int8 codes keep the walk: the stream was slower there.
-template <int QN, bool L2, typename CT>
-__attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
-                                          int64_t ahead) {
-  constexpr int RN = QN == 1 && std::is_same_v<CT, float> ? 8 : 4;
-  int64_t j = 0;
-  for (; j + RN <= nr; j += RN) micro_f32<QN, RN, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - RN);
-  for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
-}
-
+// Many queries walk the tile as 4 queries x 3 rows: 12 accumulators, 3 rows and a query fill the
+// 16 ymm registers (7 loads per 12 multiply-adds). One or two float queries stream (float_stream-inl.h);
+// two queries over int8 codes keep the walk (the stream was slower there).
 template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
-  if (nq == 1) return stream_f32<1, L2>(q, c, nr, d, out, ahead);
-  if (nq == 2 && std::is_same_v<CT, float>) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
-  walk_4x3(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+  if constexpr (std::is_same_v<CT, float>) {
+    if (nq <= 2)
+      return nq == 1 ? stream_f32<1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, L2>(q, c, nr, d, out, ahead);
+  } else if (nq == 1) {
+    return stream_i8(q, c, nr, d, out, ahead);
+  }
+  for_each_micro<4, 3>(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
     // A lone query's rows are the next group's: prefetch them for it.
     micro_f32<QN, RN, L2, QN == 1 && RN == 3>(q + i * d, c + j * d, d, out + i * nr + j, nr, nr + ahead - j - RN);
@@ -246,53 +209,7 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-// One step of micro_dot_norm: the dot of micro_f32's steps and the square sum of each row.
-template <int RN, bool kDot, bool kTail>
-inline void step_dot_norm(__m256 (&acc)[RN], __m256 (&nacc)[RN], const float* q, const float* c, int64_t d,
-                          int64_t t, int64_t rem) {
-  const __m256 qv = !kDot ? _mm256_setzero_ps() : kTail ? _mm256_maskload_ps(q + t, tail_mask8(rem)) : _mm256_loadu_ps(q + t);
-  for (int b = 0; b < RN; ++b) {
-    const __m256 cv = kTail ? load_row_tail(c + b * d + t, rem) : load_row(c + b * d + t);
-    if constexpr (kDot) acc[b] = _mm256_fmadd_ps(qv, cv, acc[b]);
-    nacc[b] = _mm256_fmadd_ps(cv, cv, nacc[b]);
-  }
-}
-
-// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
-// A square sum takes the same steps for every row (sq_norms_f32 too).
-template <int RN, bool kDot, bool PF>
-inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
-  __m256 acc[RN], nacc[RN];
-  for (int b = 0; b < RN; ++b) acc[b] = nacc[b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(7);
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 8) {
-    if (pf && (t & 15) == 0)  // one prefetch per 64-byte line
-      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_dot_norm<RN, kDot, false>(acc, nacc, q, c, d, t, 0);
-  }
-  if (d > dfull) step_dot_norm<RN, kDot, true>(acc, nacc, q, c, d, dfull, d - dfull);
-  const __m256 zero = _mm256_setzero_ps();
-  if constexpr (RN == 4) {
-    if constexpr (kDot) _mm_storeu_ps(out, reduce4(acc[0], acc[1], acc[2], acc[3]));
-    _mm_storeu_ps(norm2, reduce4(nacc[0], nacc[1], nacc[2], nacc[3]));
-  } else {
-    static_assert(RN == 1, "4 rows or 1");
-    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4(acc[0], zero, zero, zero));
-    norm2[0] = _mm_cvtss_f32(reduce4(nacc[0], zero, zero, zero));
-  }
-}
-
-template <bool kDot>
-void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
-  int64_t j = 0;
-  for (; j + 4 <= nr; j += 4) micro_dot_norm<4, kDot, kDot>(q, c + j * d, d, out + j, norm2 + j, nr + ahead - j - 4);
-  for (; j < nr; ++j) micro_dot_norm<1, kDot, false>(q, c + j * d, d, out + j, norm2 + j, 0);
-}
-
-void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
-  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
-}
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl(c, nr, d, out); }
 
 void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
                         int64_t ahead) {

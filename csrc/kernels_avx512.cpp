@@ -1,12 +1,17 @@
-// AVX-512 (F, BW, VL, VPOPCNTDQ) kernels. Compiled only when the compiler accepts those flags and
-// called only when the CPU reports them.
+// AVX-512 kernels. The unit is compiled with AVX-512 F, BW and VL (what the "avx512" level requires);
+// the popcount kernels take VPOPCNTDQ and the int8 kernels VNNI per function, and are handed out
+// only when the CPU has them (the "avx512_vpopcnt" level; VNNI chosen at run time).
 #include <immintrin.h>
 
 #include <cstdint>
 #include <type_traits>
 
+#include "float_stream-inl.h"
 #include "kernels.h"
 #include "tile_grid.h"
+
+#define EC_VPOPCNT __attribute__((target("avx512vpopcntdq")))
+#define EC_VNNI __attribute__((target("avx512vnni")))
 
 namespace embedcore {
 namespace {
@@ -62,7 +67,7 @@ int32_t dot_i8(const int8_t* a, const int8_t* b, size_t d) {
   return _mm512_reduce_add_epi32(acc);
 }
 
-uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
+EC_VPOPCNT uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
   __m512i acc = _mm512_setzero_si512();
   size_t i = 0;
   for (; i + 64 <= nbytes; i += 64) {
@@ -84,61 +89,22 @@ uint32_t hamming(const uint8_t* a, const uint8_t* b, size_t nbytes) {
 
 inline __mmask16 tail_mask16(int64_t rem) { return __mmask16((1u << rem) - 1u); }
 
-// Sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one fixed tree of lane additions. A
-// single sum is reduce4(a, 0, 0, 0)[0]: the same tree, so a score never depends on its neighbours.
-// The tree after the fold of each vector to its low plus its high 256 bits.
-inline __m128 reduce4_folded(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);  // a01 a23 b01 b23 | a45 a67 b45 b67
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
+// The 4-sum tree of reduce4 after the fold of each vector to its low plus its high 256 bits.
 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   auto fold = [](__m512 v) {
     return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   };
-  return reduce4_folded(fold(a), fold(b), fold(c), fold(d));
+  return reduce4(fold(a), fold(b), fold(c), fold(d));
 }
 
-#define EC_INLINE inline __attribute__((always_inline))
-
-// One 16-element chunk of every pair; the loads are unmasked or masked (the same values, so the
-// same arithmetic: a pair's score does not depend on which was used). Rows are float32 or int8
-// codes widened to float32 in registers. Always inlined: GCC keeps the accumulators in registers
-// only when the step is inlined into the micro-kernel's loop.
-template <int QN, int RN, bool L2, bool kStream, typename CT, typename QLoad, typename CLoad>
-EC_INLINE void step_f32(__m512 (&acc)[QN][RN], const float* q, const CT* c, int64_t d, int64_t t, QLoad qload,
-                        CLoad cload) {
-  __m512 cv[RN];
-  for (int b = 0; b < RN; ++b) {
-    cv[b] = cload(c + b * d + t);
-    // Several queries streaming rows from memory: one load per row and step. Folded into each FMA,
-    // a load that misses would be repeated QN times, taking load-queue entries from other misses.
-    if constexpr (kStream && QN > 1) asm("" : "+v"(cv[b]));
-  }
-  for (int a = 0; a < QN; ++a) {
-    const __m512 qv = qload(q + a * d + t);
-    for (int b = 0; b < RN; ++b) {
-      if constexpr (L2) {
-        const __m512 diff = _mm512_sub_ps(qv, cv[b]);
-        acc[a][b] = _mm512_fmadd_ps(diff, diff, acc[a][b]);
-      } else {
-        acc[a][b] = _mm512_fmadd_ps(qv, cv[b], acc[a][b]);
-      }
-    }
-  }
-}
+// The 16-lane vector operations of micro_step (float_stream-inl.h).
+struct Zmm {
+  using V = __m512;
+  static EC_INLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static EC_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+};
 
 inline __m512 widen_i8(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)); }
-
-// Prefetches (T0) element t of row r of c. The address is formed as an integer: the caller checked
-// that the row exists, and no pointer past it is ever made.
-template <typename CT>
-EC_INLINE void prefetch_row(const CT* c, int64_t d, int64_t r, int64_t t) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) + uintptr_t((r * d + t) * int64_t(sizeof(CT)))),
-               _MM_HINT_T0);
-}
 
 // PF: the micro-kernel streams its rows (one or two queries) and prefetches the RN rows after them,
 // at the same offset, when at least RN rows (`ahead`) follow its own.
@@ -155,9 +121,9 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
     if (PF && (sizeof(CT) == 4 || (t & 63) == 0))  // one prefetch per 64-byte line
       for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
     if constexpr (std::is_same_v<CT, float>)
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, t, qload, qload);
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, t, qload, qload);
     else
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, t, qload, [](const int8_t* p) {
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, t, qload, [](const int8_t* p) {
         return widen_i8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       });
   }
@@ -165,9 +131,9 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
     const __mmask16 m = tail_mask16(d - dfull);
     auto qmasked = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
     if constexpr (std::is_same_v<CT, float>)
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked, qmasked);
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked, qmasked);
     else
-      step_f32<QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked,
+      micro_step<Zmm, QN, RN, L2, PF>(acc, q, c, d, dfull, qmasked,
                            [m](const int8_t* p) { return widen_i8(_mm_maskz_loadu_epi8(m, p)); });
   }
   const __m512 zero = _mm512_setzero_ps();
@@ -180,81 +146,27 @@ inline void micro_f32(const float* q, const CT* c, int64_t d, float* out, int64_
   }
 }
 
-// One or two queries streaming float rows of whole 16-float steps, by 256-bit halves of micro_f32's
-// steps: the same lane-wise arithmetic and reduction tree, but rows that are not 64-byte aligned
-// (numpy's are 16) split one load in two instead of every load across two cache lines.
-template <int QN, int RN, bool L2>
-EC_INLINE void step_halves(__m256 (&acc)[2][QN][RN], const float* q, const float* c, int64_t d, int64_t t) {
-  for (int h = 0; h < 2; ++h) {
-    __m256 cv[RN];
-    for (int b = 0; b < RN; ++b) {
-      cv[b] = _mm256_loadu_ps(c + b * d + t + 8 * h);
-      if constexpr (QN > 1) asm("" : "+v"(cv[b]));  // one load per row, as in step_f32
-    }
-    for (int a = 0; a < QN; ++a) {
-      const __m256 qv = _mm256_loadu_ps(q + a * d + t + 8 * h);
-      for (int b = 0; b < RN; ++b) {
-        if constexpr (L2) {
-          const __m256 diff = _mm256_sub_ps(qv, cv[b]);
-          acc[h][a][b] = _mm256_fmadd_ps(diff, diff, acc[h][a][b]);
-        } else {
-          acc[h][a][b] = _mm256_fmadd_ps(qv, cv[b], acc[h][a][b]);
-        }
-      }
-    }
-  }
-}
-
-template <int QN, int RN, bool L2, bool PF>
-inline void micro_halves(const float* q, const float* c, int64_t d, float* out, int64_t ld, int64_t ahead) {
-  __m256 acc[2][QN][RN];
-  for (int h = 0; h < 2; ++h)
-    for (int a = 0; a < QN; ++a)
-      for (int b = 0; b < RN; ++b) acc[h][a][b] = _mm256_setzero_ps();
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < d; t += 16) {  // d % 16 == 0: rows of whole lines only
-    if (pf)
-      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_halves<QN, RN, L2>(acc, q, c, d, t);
-  }
-  auto folded = [&](int a, int b) { return _mm256_add_ps(acc[0][a][b], acc[1][a][b]); };
-  const __m256 zero = _mm256_setzero_ps();
-  for (int a = 0; a < QN; ++a) {
-    if constexpr (RN == 4) {
-      _mm_storeu_ps(out + a * ld, reduce4_folded(folded(a, 0), folded(a, 1), folded(a, 2), folded(a, 3)));
-    } else {
-      static_assert(RN == 1, "4 rows or 1");
-      out[a * ld] = _mm_cvtss_f32(reduce4_folded(folded(a, 0), zero, zero, zero));
-    }
-  }
-}
-
-// One or two queries: a memory stream. Each step loads one line of every row of the micro-kernel
-// and prefetches that line of the rows after it. Measured (1 thread, 200k / 10k rows of 384): 4 rows
-// by 256-bit halves ran best (8 or 16 rows, or prefetching 8 rows ahead, were not faster; 2 queries:
-// 8 rows of whole vectors 10% slower from memory). int8 codes (16-byte loads) take micro_f32 by 8
-// rows (1 query: 1.9x over 4 rows from memory). Kept out of tile_f32, whose many-query walk keeps
-// its registers.
-template <int QN, bool L2, typename CT>
-__attribute__((noinline)) void stream_f32(const float* q, const CT* c, int64_t nr, int64_t d, float* out,
-                                          int64_t ahead) {
+// One or two queries over int8 codes: a memory stream of 8 rows per micro-kernel (16-byte loads;
+// 1 query: 1.9x faster than 4 rows from memory), the next 8 rows prefetched.
+template <int QN, bool L2>
+__attribute__((noinline)) void stream_i8(const float* q, const int8_t* c, int64_t nr, int64_t d, float* out,
+                                         int64_t ahead) {
   int64_t j = 0;
-  if constexpr (std::is_same_v<CT, float>) {
-    for (; j + 4 <= nr; j += 4) micro_halves<QN, 4, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 4);
-    for (; j < nr; ++j) micro_halves<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
-    return;
-  }
   for (; j + 8 <= nr; j += 8) micro_f32<QN, 8, L2, true>(q, c + j * d, d, out + j, nr, nr + ahead - j - 8);
   for (; j < nr; ++j) micro_f32<QN, 1, L2, false>(q, c + j * d, d, out + j, nr, 0);
 }
 
 template <bool L2, typename CT>
 void tile_f32(const float* q, int64_t nq, const CT* c, int64_t nr, int64_t d, float* out, int64_t ahead) {
-  // Float rows of whole lines stream by halves; others (100 dims: 1 query 7-10%, 2 queries 5-19%
-  // slower by halves from memory) keep whole vectors, and two queries the walk.
-  const bool stream = !std::is_same_v<CT, float> || d % 16 == 0;
-  if (nq == 1 && stream) return stream_f32<1, L2>(q, c, nr, d, out, ahead);
-  if (nq == 2 && stream) return stream_f32<2, L2>(q, c, nr, d, out, ahead);
+  // Float rows of whole lines stream by 256-bit halves (rows that are not 64-byte aligned, as
+  // numpy's are not, split one load in two instead of every load across two cache lines); others
+  // (100 dims: 1 query 7-10%, 2 queries 5-19% slower by halves from memory) keep whole vectors.
+  if constexpr (std::is_same_v<CT, float>) {
+    if (nq <= 2 && d % 16 == 0)
+      return nq == 1 ? stream_f32<1, L2>(q, c, nr, d, out, ahead) : stream_f32<2, L2>(q, c, nr, d, out, ahead);
+  } else if (nq <= 2) {
+    return nq == 1 ? stream_i8<1, L2>(q, c, nr, d, out, ahead) : stream_i8<2, L2>(q, c, nr, d, out, ahead);
+  }
   for_each_micro<4>(nq, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
     constexpr int QN = decltype(qn)::value, RN = decltype(rn)::value;
     // A lone query's rows are the next group's: prefetch them for it.
@@ -275,63 +187,7 @@ void tile_l2_f32(const float* q, int64_t nq, const float* c, int64_t nr, int64_t
   tile_f32<true>(q, nq, c, nr, d, out, ahead);
 }
 
-// One step of micro_dot_norm, by 256-bit halves as micro_halves: the dot of micro_f32's steps and
-// the square sum of each row.
-template <int RN, bool kDot, typename Load>
-EC_INLINE void step_dot_norm(__m256 (&acc)[2][RN], __m256 (&nacc)[2][RN], const float* q, const float* c,
-                             int64_t d, int64_t t, Load load) {
-  for (int h = 0; h < 2; ++h) {
-    const __m256 qv = kDot ? load(q + t + 8 * h, h) : _mm256_setzero_ps();
-    for (int b = 0; b < RN; ++b) {
-      const __m256 cv = load(c + b * d + t + 8 * h, h);
-      if constexpr (kDot) acc[h][b] = _mm256_fmadd_ps(qv, cv, acc[h][b]);
-      nacc[h][b] = _mm256_fmadd_ps(cv, cv, nacc[h][b]);
-    }
-  }
-}
-
-// One query (kDot) against RN rows, and each row's square sum: the cosine scan reads a row once.
-// A square sum takes the same steps for every row (sq_norms_f32 too).
-template <int RN, bool kDot, bool PF>
-inline void micro_dot_norm(const float* q, const float* c, int64_t d, float* out, float* norm2, int64_t ahead) {
-  __m256 acc[2][RN], nacc[2][RN];
-  for (int h = 0; h < 2; ++h)
-    for (int b = 0; b < RN; ++b) acc[h][b] = nacc[h][b] = _mm256_setzero_ps();
-  const int64_t dfull = d & ~int64_t(15);
-  const bool pf = PF && ahead >= RN;
-  for (int64_t t = 0; t < dfull; t += 16) {
-    if (pf)
-      for (int b = 0; b < RN; ++b) prefetch_row(c, d, RN + b, t);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, t, [](const float* p, int) { return _mm256_loadu_ps(p); });
-  }
-  if (d > dfull) {
-    const __mmask16 m = tail_mask16(d - dfull);
-    step_dot_norm<RN, kDot>(acc, nacc, q, c, d, dfull,
-                            [m](const float* p, int h) { return _mm256_maskz_loadu_ps(__mmask8(m >> (8 * h)), p); });
-  }
-  auto folded = [](__m256 (&v)[2][RN], int b) { return _mm256_add_ps(v[0][b], v[1][b]); };
-  const __m256 zero = _mm256_setzero_ps();
-  if constexpr (RN == 4) {
-    if constexpr (kDot)
-      _mm_storeu_ps(out, reduce4_folded(folded(acc, 0), folded(acc, 1), folded(acc, 2), folded(acc, 3)));
-    _mm_storeu_ps(norm2, reduce4_folded(folded(nacc, 0), folded(nacc, 1), folded(nacc, 2), folded(nacc, 3)));
-  } else {
-    static_assert(RN == 1, "4 rows or 1");
-    if constexpr (kDot) out[0] = _mm_cvtss_f32(reduce4_folded(folded(acc, 0), zero, zero, zero));
-    norm2[0] = _mm_cvtss_f32(reduce4_folded(folded(nacc, 0), zero, zero, zero));
-  }
-}
-
-template <bool kDot>
-void dot_norms(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2, int64_t ahead) {
-  int64_t j = 0;
-  for (; j + 4 <= nr; j += 4) micro_dot_norm<4, kDot, kDot>(q, c + j * d, d, out + j, norm2 + j, nr + ahead - j - 4);
-  for (; j < nr; ++j) micro_dot_norm<1, kDot, false>(q, c + j * d, d, out + j, norm2 + j, 0);
-}
-
-void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) {
-  dot_norms<false>(nullptr, c, nr, d, nullptr, out, 0);
-}
+void sq_norms_f32(const float* c, int64_t nr, int64_t d, float* out) { sq_norms_f32_impl(c, nr, d, out); }
 
 void tile_dot_norms_f32(const float* q, const float* c, int64_t nr, int64_t d, float* out, float* norm2,
                         int64_t ahead) {
@@ -373,7 +229,7 @@ inline __m128i reduce4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
 // to c + 128 (an XOR of the sign bit, shared by all queries of the micro-kernel) and 128 * sum(q),
 // computed once per query and tile, is subtracted at the end (exact in int32).
 template <int QN, int RN, typename Load>
-__attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], const int8_t* q,
+EC_VNNI EC_INLINE void step_i8_vnni(__m512i (&acc)[QN][RN], const int8_t* q,
                                                                   const int8_t* c, int64_t d, int64_t t,
                                                                   Load load) {
   const __m512i sign = _mm512_set1_epi8(char(0x80));
@@ -386,7 +242,7 @@ __attribute__((target("avx512vnni"))) EC_INLINE void step_i8_vnni(__m512i (&acc)
 }
 
 template <int QN, int RN>
-__attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
+EC_VNNI inline void micro_i8_vnni(const int8_t* q, const int8_t* c, int64_t d,
                                                                 const int32_t* qshift, int32_t* out,
                                                                 int64_t ld) {
   __m512i acc[QN][RN];
@@ -410,7 +266,7 @@ __attribute__((target("avx512vnni"))) inline void micro_i8_vnni(const int8_t* q,
 }
 
 // 128 * sum(q) for `nq` int8 query rows (the VNNI shift correction).
-__attribute__((target("avx512vnni"))) void query_shifts(const int8_t* q, int64_t nq, int64_t d, int32_t* shift) {
+EC_VNNI void query_shifts(const int8_t* q, int64_t nq, int64_t d, int32_t* shift) {
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t i = 0; i < nq; ++i) {
     __m512i acc = _mm512_setzero_si512();
@@ -426,14 +282,14 @@ void tile_dot_i8(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64
   });
 }
 
-void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
+EC_VNNI void tile_dot_i8_vnni(const int8_t* q, int64_t nq, const int8_t* c, int64_t nr, int64_t d, int32_t* out) {
   constexpr int64_t kChunk = 64;
   int32_t shift[kChunk];
   for (int64_t i0 = 0; i0 < nq; i0 += kChunk) {  // queries in chunks of kChunk shift corrections
     const int64_t nqc = nq - i0 < kChunk ? nq - i0 : kChunk;
     const int8_t* qc = q + i0 * d;
     query_shifts(qc, nqc, d, shift);
-    for_each_micro<4>(nqc, nr, [&](auto qn, auto rn, int64_t i, int64_t j) {
+    for_each_micro<4>(nqc, nr, [&](auto qn, auto rn, int64_t i, int64_t j) EC_VNNI {
       micro_i8_vnni<decltype(qn)::value, decltype(rn)::value>(qc + i * d, c + j * d, d, shift + i,
                                                               out + (i0 + i) * nr + j, nr);
     });
@@ -458,7 +314,7 @@ inline __m512i reduce8_epi64(const __m512i* v) {
 // they stay inside the tile, and `keep` clears the bytes past the row after the XOR. Byte-masked
 // loads of rows streamed from memory ran at half the speed here, so only the tile's end uses them.
 template <int QN, bool kMaskedRows>
-inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
+EC_VPOPCNT inline void micro_hamming8(const uint8_t* q, const uint8_t* c, int64_t nb, int32_t* out, int64_t ld) {
   __m512i acc[QN][8];
   for (int a = 0; a < QN; ++a)
     for (int b = 0; b < 8; ++b) acc[a][b] = _mm512_setzero_si512();
@@ -497,7 +353,7 @@ inline uint64_t load_word(const uint8_t* p, int64_t nb, int64_t w) {
   return x;
 }
 
-void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
+EC_VPOPCNT void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
                              int32_t* out) {
   const int64_t words = (nb + 7) / 8, groups = (nr + 7) / 8;
   alignas(64) uint64_t rows[kTransposedMaxRows / 8][kTransposedMaxWords][8];
@@ -531,13 +387,14 @@ void tile_hamming_transposed(const uint8_t* q, int64_t nq, const uint8_t* c, int
   }
 }
 
-void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb, int32_t* out) {
+EC_VPOPCNT void tile_hamming(const uint8_t* q, int64_t nq, const uint8_t* c, int64_t nr, int64_t nb,
+                             int32_t* out) {
   // Transposing costs about one pass over the tile: worth it from a few queries on.
   if (nq >= 4 && nb <= 8 * kTransposedMaxWords && nr <= kTransposedMaxRows) {
     tile_hamming_transposed(q, nq, c, nr, nb, out);
     return;
   }
-  auto group = [&](auto masked, int64_t j) {
+  auto group = [&](auto masked, int64_t j) EC_VPOPCNT {
     int64_t i = 0;
     for (; i + 2 <= nq; i += 2)
       micro_hamming8<2, decltype(masked)::value>(q + i * nb, c + j * nb, nb, out + i * nr + j, nr);
@@ -596,8 +453,8 @@ void rows_i8_affine_to_f32(const int8_t* src, int64_t nr, int64_t d, const float
 
 }  // namespace
 
-const KernelTable& avx512_kernels() {
-  static const KernelTable table{Isa::kAvx512,
+const KernelTable& avx512_vpopcnt_kernels() {
+  static const KernelTable table{Isa::kAvx512Vpopcnt,
                                  dot_f32,
                                  l2sq_f32,
                                  dot_i8,
@@ -605,8 +462,8 @@ const KernelTable& avx512_kernels() {
                                  tile_dot_f32,
                                  tile_l2_f32,
                                  tile_dot_f32_i8,
-                                 // VNNI is not part of the AVX-512 level's requirements: use it when present.
-                                 __builtin_cpu_supports("avx512vnni") ? tile_dot_i8_vnni : tile_dot_i8,
+                                 // VNNI is not part of the AVX-512 levels' requirements: use it when present.
+                                 cpu_has_avx512_vnni() ? tile_dot_i8_vnni : tile_dot_i8,
                                  tile_hamming,
                                  rows_f16_to_f32,
                                  rows_bf16_to_f32,

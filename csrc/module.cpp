@@ -210,7 +210,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("best_isa", []() { return std::string(isa_name(best_supported_isa())); });
   m.def("available_isas", []() {
     py::list out;
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    for (Isa isa : kAllIsas)
       if (isa_available(isa)) out.append(isa_name(isa));
     return out;
   });
@@ -220,17 +220,27 @@ PYBIND11_MODULE(_C, m) {
 #ifdef EMBEDCORE_HAVE_AVX2
     out.append("avx2");
 #endif
-#ifdef EMBEDCORE_HAVE_AVX512
+#if defined(EMBEDCORE_HAVE_AVX512) && defined(EMBEDCORE_HAVE_AVX2)
     out.append("avx512");
+    out.append("avx512_vpopcnt");
 #endif
     return out;
   });
   m.def("set_isa", [](const std::string& name) {
     Isa isa;
-    if (!parse_isa(name.c_str(), &isa))
-      throw std::invalid_argument("unknown ISA '" + name + "'; valid: scalar, avx2, avx512");
+    if (!parse_isa(name.c_str(), &isa)) {
+      std::string valid;
+      for (Isa level : kAllIsas) valid += std::string(valid.empty() ? "" : ", ") + isa_name(level);
+      throw std::invalid_argument("unknown ISA '" + name + "'; valid: " + valid);
+    }
     if (!set_active_isa(isa))
       throw std::invalid_argument("ISA '" + name + "' is not supported by this CPU or build");
   });
+  m.def("isa_extensions", []() {
+    py::list out;
+    const Isa isa = active_kernels().isa;
+    if ((isa == Isa::kAvx512 || isa == Isa::kAvx512Vpopcnt) && cpu_has_avx512_vnni()) out.append("avx512vnni");
+    return out;
+  }, "Optional CPU features the active level's kernels use, chosen at run time (e.g. avx512vnni).");
   m.def("omp_max_threads", []() { return omp_get_max_threads(); });
 }

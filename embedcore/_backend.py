@@ -19,6 +19,10 @@ from types import ModuleType
 from typing import Any, Literal
 
 Backend = Literal["native", "torch"]
+# embedcore._C's CPU kernel levels, lowest first, each named for what it requires: avx2 (AVX2, FMA,
+# POPCNT, F16C); avx512 (+ AVX-512 F/BW/VL: float and int8 kernels; VNNI used where present);
+# avx512_vpopcnt (+ VPOPCNTDQ: the Hamming kernels too). ``EMBEDCORE_CPU_ISA`` caps the level.
+CPU_ISAS = ("scalar", "avx2", "avx512", "avx512_vpopcnt")
 _VALID_BACKENDS = ("auto", "torch")
 # Most native threads accepted (native code takes a C int; more threads than this is a typo).
 _MAX_THREADS = 4096
@@ -106,7 +110,8 @@ def use_triton(tensor: Any) -> bool:
 def info(file: Any = None) -> dict[str, Any]:
     """Prints which backends are live and returns them as a dict.
 
-    Keys: ``embedcore``, ``cpu_isa`` (ISA level picked by ``_C``), ``cpu_isas_available``,
+    Keys: ``embedcore``, ``cpu_isa`` (ISA level picked by ``_C``), ``cpu_isa_extensions`` (optional
+    features its kernels use, e.g. ``avx512vnni``), ``cpu_isas_available``, ``cpu_isas_compiled``,
     ``native`` (``_C`` loaded?), ``cuda_ext`` (``_cuda`` loaded?), ``cuda_devices``, ``triton``
     (compiled/interpreted/absent), ``backend`` (auto/torch), ``num_threads``, ``torch``,
     ``transformers``, ``python``.
@@ -127,6 +132,7 @@ def info(file: Any = None) -> dict[str, Any]:
         "embedcore": __version__,
         "native": c_mod is not None,
         "cpu_isa": c_mod.isa() if c_mod else None,
+        "cpu_isa_extensions": list(c_mod.isa_extensions()) if c_mod else [],
         "cpu_isas_available": list(c_mod.available_isas()) if c_mod else [],
         "cpu_isas_compiled": list(c_mod.compiled_isas()) if c_mod else [],
         "cuda_ext": cu_mod is not None,
@@ -141,7 +147,9 @@ def info(file: Any = None) -> dict[str, Any]:
     lines = [
         f"embedcore {report['embedcore']}",
         f"  _C (native CPU):   {'loaded' if c_mod else 'missing: ' + str(c_err)}"
-        + (f", ISA {report['cpu_isa']} (available: {', '.join(report['cpu_isas_available'])};"
+        + (f", ISA {report['cpu_isa']}"
+           + "".join(f" +{ext}" for ext in report["cpu_isa_extensions"])
+           + f" (available: {', '.join(report['cpu_isas_available'])};"
            f" compiled: {', '.join(report['cpu_isas_compiled'])})" if c_mod else ""),
         f"  _cuda (CUDA ext):  {'loaded' if cu_mod else 'missing: ' + str(cu_err)}"
         + (f", runtime {cu_mod.runtime_version()}" if cu_mod else ""),

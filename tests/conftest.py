@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     item.add_marker(skip)
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
+@pytest.fixture(params=["scalar", "avx2", "avx512", "avx512_vpopcnt"])
 def isa(request) -> str:
     """Runs the test once per CPU kernel level this machine and build have (others are skipped),
     with embedcore._C switched to that level for the test's duration."""

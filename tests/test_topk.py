@@ -81,7 +81,7 @@ def test_topk_thread_count_does_not_change_results(rng, monkeypatch, threads):
     np.testing.assert_array_equal(values, ev)
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", _backend.CPU_ISAS)
 def test_topk_same_on_every_isa(rng, isa):
     native = _backend.require_native()
     if isa not in native.available_isas():
