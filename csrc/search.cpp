@@ -263,9 +263,13 @@ struct FloatScorer {
       invert_norms(s.inv_norm.data(), nr);
     }
   }
-  // Squared norms -> 1 / max(norm, eps), in place.
+  // Squared norms -> 1 / max(norm, eps), in place. A square sum that overflowed float32 (a row of
+  // huge values) becomes NaN instead of 0, so its scores are not finite and the scan reports it: the
+  // caller then rescales those rows (exact powers of two) rather than ranking them at a score of 0.
   static void invert_norms(float* v, int64_t nr) {
-    for (int64_t j = 0; j < nr; ++j) v[j] = 1.0f / std::max(std::sqrt(v[j]), kNormEps);
+    for (int64_t j = 0; j < nr; ++j)
+      v[j] = v[j] <= std::numeric_limits<float>::max() ? 1.0f / std::max(std::sqrt(v[j]), kNormEps)
+                                                       : std::numeric_limits<float>::quiet_NaN();
   }
   void score(Scratch& s, int64_t q0, int64_t nqb, int64_t r0, int64_t nr, float* out) const {
     if (fused.w != nullptr) {

@@ -12,10 +12,11 @@ from embedcore.index import Index, semantic_search
 from embedcore.ops.search import search_reference
 
 
+@pytest.mark.parametrize("nq", [1, 2, 3])  # 1-2 queries: the fused score + norm pass
 @pytest.mark.parametrize("big", [1e18, 3e37])
-def test_cos_of_rows_with_huge_values_matches_the_reference(big, rng):
+def test_cos_of_rows_with_huge_values_matches_the_reference(big, nq, rng):
     c = rng.standard_normal((40, 9)).astype(np.float32)
-    q = rng.standard_normal((3, 9)).astype(np.float32)
+    q = rng.standard_normal((nq, 9)).astype(np.float32)
     c[0] = q[0] * big  # the best match of query 0, with a float32 square sum of inf
     c[7] = big
     scores, ids = ec.search(q, c, 6, "cos")
@@ -29,6 +30,15 @@ def test_cos_of_rows_with_huge_values_matches_the_reference(big, rng):
     s64, i64 = ec.search(q.astype(np.float64) * 1e200, c, 6, "cos")
     np.testing.assert_array_equal(i64, ids)
     np.testing.assert_allclose(s64, scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("nq", [1, 3])
+def test_cos_of_a_corpus_with_nan_still_raises(nq, rng):
+    c = rng.standard_normal((40, 9)).astype(np.float32)
+    c[5, 2] = np.nan
+    c[6] = 1e30  # a rescalable row does not hide the NaN
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        ec.search(rng.standard_normal((nq, 9)).astype(np.float32), c, 3, "cos")
 
 
 def test_cos_normal_rows_are_unchanged_bit_for_bit(rng):

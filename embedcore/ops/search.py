@@ -265,13 +265,19 @@ def _search_native(
     if kind == "int8_asym":
         offset, scale = _checked_affine(ranges, int(corpus.shape[1]))
     q = _float32_queries(queries, metric)
-    c, fmt = None, "f32"
-    if metric == "cos" and kind == "float" and _dtype_name(corpus) != "float16":
-        # Rows of huge values would overflow the kernel's float32 square sums (a score of 0).
-        c = cos_safe_corpus(_to_numpy(corpus, "corpus"))
-    if c is None:
-        c, fmt = _native_corpus(corpus)
-    return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
+    c, fmt = _native_corpus(corpus)
+    try:
+        return native.search_float(q, c, fmt, metric, k, threads, offset, scale)
+    except ValueError:
+        # A non-finite score: NaN/infinity in the corpus, or (cos) a row whose float32 square sum
+        # overflows, which the kernel reports instead of scoring it 0. Only then is the corpus
+        # range-checked: rows of huge values are rescaled (exactly) and the scan runs again.
+        if metric != "cos" or kind != "float" or _dtype_name(corpus) == "float16":
+            raise
+        scaled = cos_safe_corpus(_to_numpy(corpus, "corpus"))
+        if scaled is None:
+            raise
+        return native.search_float(q, scaled, "f32", metric, k, threads, offset, scale)
 
 
 def _pack_keys(scores: Any, base: int, ascending: bool) -> Any:
