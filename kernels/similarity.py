@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from embedcore.ops.search import TRITON_MAX_K
+from embedcore._spec import TRITON_MAX_K
 
 # Largest k this path serves: the running list is KP int64 keys per query row in registers.
 MAX_K = TRITON_MAX_K
