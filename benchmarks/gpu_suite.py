@@ -1010,6 +1010,7 @@ def device_search(suite: Suite, backend: str, q: Any, c: Any, k: int, metric: st
     """``ec.search`` of device tensors through one device backend. A dry run calls the device path
     itself: ``ec.search`` would take CPU tensors to ``embedcore._C``."""
     import embedcore as ec
+    from embedcore._spec import search_kind
     from embedcore.ops import search as search_op
 
     with gpu_search_backend(backend):
@@ -1017,7 +1018,7 @@ def device_search(suite: Suite, backend: str, q: Any, c: Any, k: int, metric: st
             kwargs = {} if ranges is None else {"ranges": suite.torch.from_numpy(ranges).to(suite.device)}
             return ec.search(q, c, k=k, metric=metric, **kwargs)
         names = (str(t.dtype).removeprefix("torch.") for t in (q, c))
-        kind = search_op._kind(*names, metric, ranges is not None)
+        kind = search_kind(*names, metric, ranges is not None)
         return search_op._search_torch(q, c, k, metric, kind, ranges)
 
 

@@ -1,6 +1,6 @@
 """embedcore: fast, faithful text embeddings and exact retrieval.
 
-Public API (see README and ../shared/DESIGN.md for the contract)::
+Public API (see README.md for the contract)::
 
     import embedcore as ec
     ec.attention(q, k, v, cu_seqlens=None, max_seqlen=None, causal=False, ...)
@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from embedcore._version import __version__
 
 # public name -> module that defines it. A module never shares its function's name (tune lives in
 # embedcore.tuning, inspect in embedcore.inspection): importing embedcore.X binds X on the package,

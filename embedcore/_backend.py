@@ -118,7 +118,7 @@ def info(file: Any = None) -> dict[str, Any]:
     """
     import torch
 
-    from embedcore import __version__
+    from embedcore._version import __version__
 
     c_mod, c_err = _load("embedcore._C")
     cu_mod, cu_err = _load("embedcore._cuda")

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from embedcore.ops.quantize import BINARY_PRECISIONS, SCALAR_PRECISIONS, output_dim, output_dtype
+from embedcore._spec import BINARY_PRECISIONS, OUTPUT_DTYPE_NAMES, SCALAR_PRECISIONS, output_dim
 
 _PRECISION_CODE = {
     "float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "uint8": 4, "binary": 5, "ubinary": 6,
@@ -317,6 +317,10 @@ def _quantize_kernel(x_ptr, x_sb, out_ptr, out_sb, starts_ptr, steps_ptr, D, PRE
     _store_codes(out_ptr + b * out_sb, z, c0, valid, starts_ptr, steps_ptr, PREC, BLOCK_D)
 
 
+def _output_dtype(precision: str) -> Any:
+    return getattr(torch, OUTPUT_DTYPE_NAMES[precision])
+
+
 def _bucket_args(precision: str, starts: Any, steps: Any, device: Any) -> tuple[Any, Any]:
     if precision in SCALAR_PRECISIONS:
         return (starts.to(device=device, dtype=torch.float32).contiguous(),
@@ -342,7 +346,7 @@ def quantize_fwd(x: Any, precision: str, starts: Any = None, steps: Any = None) 
     if x.stride(-1) != 1:
         x = x.contiguous()
     N, D = x.shape
-    out = torch.empty((N, output_dim(D, precision)), dtype=output_dtype(precision), device=x.device)
+    out = torch.empty((N, output_dim(D, precision)), dtype=_output_dtype(precision), device=x.device)
     if N == 0 or D == 0:
         return out
     starts, steps = _bucket_args(precision, starts, steps, x.device)
@@ -373,12 +377,10 @@ def _plan(B: int, H: int, n_modes: int, dim: int, precision: str, device: Any,
 
 def _launch(kernel: Any, grid_rows: int, lead_args: Any, sizes: tuple[int, ...], H: int, T: int,
             modes: tuple[str, ...], normalize: bool, dim: int, normalize_after_truncate: bool, precision: str,
-            ranges: Any, has_pm: bool, device: Any, block_h: int | None, out: Any) -> Any:
+            buckets: Any, has_pm: bool, device: Any, block_h: int | None, out: Any) -> Any:
     """Launches ``kernel`` (padded or varlen; ``lead_args(out, out_row_stride)`` gives its leading
     arguments, ``sizes`` its trailing ints) fused, or split + epilogue."""
-    from embedcore.ops.quantize import bucket_params
-
-    starts, steps = bucket_params(ranges) if precision in SCALAR_PRECISIONS else (None, None)
+    starts, steps = buckets if precision in SCALAR_PRECISIONS else (None, None)
     starts, steps = _bucket_args(precision, starts, steps, device)
     block_h, split = _plan(grid_rows, H, len(modes), dim, precision, device, block_h)
     offsets = dict.fromkeys(_MODE_OFFSET.values(), -1)
@@ -408,7 +410,7 @@ def _mask_bytes(mask: Any) -> Any:
 
 
 def pool_fwd(hidden: Any, attention: Any, pooled: Any, modes: tuple[str, ...], normalize: bool, dim: int,
-             normalize_after_truncate: bool, precision: str, ranges: Any, *,
+             normalize_after_truncate: bool, precision: str, buckets: Any, *,
              block_h: int | None = None) -> Any:
     """Launches the padded kernel. Arguments checked by ``embedcore.ops.pooling.pool``.
 
@@ -417,14 +419,15 @@ def pool_fwd(hidden: Any, attention: Any, pooled: Any, modes: tuple[str, ...], n
         attention: (B, T) bool, every row with a real token. pooled: (B, T) bool (attention AND pool
             mask) or None when every real token is pooled.
         modes, normalize, dim (truncate_dim), normalize_after_truncate, precision: as in ``ec.pool``.
-        ranges: (2, dim) float32 tensor for int8/uint8, else None.
+        buckets: ``(starts, steps)``, float32 (dim,) tensors from
+            ``embedcore.ops.quantize.bucket_params`` for int8/uint8, else None.
         block_h: H tile width (power of two); None picks it. Smaller than H forces the split path.
 
     Returns:
         (B, dim) in ``precision`` or (B, ceil(dim / 8)) bytes for binary/ubinary.
     """
     B, T, H = hidden.shape
-    out = torch.empty((B, output_dim(dim, precision)), dtype=output_dtype(precision), device=hidden.device)
+    out = torch.empty((B, output_dim(dim, precision)), dtype=_output_dtype(precision), device=hidden.device)
     if B == 0:
         return out
     if hidden.stride(-1) != 1:
@@ -437,13 +440,13 @@ def pool_fwd(hidden: Any, attention: Any, pooled: Any, modes: tuple[str, ...], n
                 pm, pm.stride(0), pm.stride(1), o, so)
 
     return _launch(_pool_padded_kernel, B, lead, (T, H, dim), H, T, modes, normalize, dim,
-                   normalize_after_truncate, precision, ranges, pooled is not None, hidden.device, block_h,
+                   normalize_after_truncate, precision, buckets, pooled is not None, hidden.device, block_h,
                    out)
 
 
 def pool_varlen_fwd(hidden: Any, cu_seqlens: Any, max_seqlen: int, pooled: Any, modes: tuple[str, ...],
-                    normalize: bool, dim: int, normalize_after_truncate: bool, precision: str, ranges: Any, *,
-                    block_h: int | None = None) -> Any:
+                    normalize: bool, dim: int, normalize_after_truncate: bool, precision: str,
+                    buckets: Any, *, block_h: int | None = None) -> Any:
     """Launches the packed (varlen) kernel. Arguments checked by ``embedcore.ops.pooling.pool_varlen``.
 
     Args:
@@ -457,7 +460,7 @@ def pool_varlen_fwd(hidden: Any, cu_seqlens: Any, max_seqlen: int, pooled: Any, 
     """
     H = hidden.shape[1]
     B = cu_seqlens.shape[0] - 1
-    out = torch.empty((B, output_dim(dim, precision)), dtype=output_dtype(precision), device=hidden.device)
+    out = torch.empty((B, output_dim(dim, precision)), dtype=_output_dtype(precision), device=hidden.device)
     if B == 0:
         return out
     if hidden.stride(-1) != 1:
@@ -469,5 +472,5 @@ def pool_varlen_fwd(hidden: Any, cu_seqlens: Any, max_seqlen: int, pooled: Any, 
         return (hidden, hidden.stride(0), cu, pm, o, so)
 
     return _launch(_pool_varlen_kernel, B, lead, (H, dim), H, max_seqlen, modes, normalize, dim,
-                   normalize_after_truncate, precision, ranges, pooled is not None, hidden.device, block_h,
+                   normalize_after_truncate, precision, buckets, pooled is not None, hidden.device, block_h,
                    out)

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from embedcore.ops.search import TRITON_MAX_K
+from embedcore._spec import TRITON_MAX_K
 
 # Largest k this path serves: the running list is KP int64 keys per query row in registers.
 MAX_K = TRITON_MAX_K
@@ -350,7 +350,7 @@ def search_fwd(q: Any, corpus: Any, k: int, metric: str, kind: str, affine: tupl
         corpus: (N, dim) float32/float16/bfloat16 (``float``), int8 (``int8``, ``int8_asym``) or
             uint8/int8 packed bits (``hamming``), on q's device.
         k: 1 <= k <= min(N, MAX_K).
-        metric: ``dot``, ``cos``, ``l2`` or ``hamming``. kind: as ``embedcore.ops.search._kind``.
+        metric: ``dot``, ``cos``, ``l2`` or ``hamming``. kind: as ``embedcore._spec.search_kind``.
         affine: (offset, scale) float32 (dim,) tensors for ``int8_asym``: code c stands for
             offset + scale * c.
         splits: corpus splits (grid axis 1); None picks them.

@@ -18,6 +18,7 @@ from sentence_transformers.util.quantization import quantize_embeddings
 
 import embedcore as ec
 from embedcore.ops.pooling import MODES
+from embedcore.ops.quantize import bucket_params
 
 from helpers import assert_close, assert_codes_match
 
@@ -396,7 +397,8 @@ def test_kernel_split_path_matches_reference(precision):
     if precision in ("int8", "uint8"):
         ranges = ec.quantization_ranges(ec.pool(hidden, mask, modes, normalize=True, truncate_dim=131))
     args = (modes, True, 131, True, precision, ranges)
-    got = pool_fwd(hidden, att, None, *args, block_h=16)
+    buckets = None if ranges is None else bucket_params(torch.as_tensor(ranges))
+    got = pool_fwd(hidden, att, None, *args[:5], buckets, block_h=16)
     reference = pool_reference(hidden, att, att, *args[:4], "float32", None)
     _check_precision_output(got, reference, precision, ranges, atol=1e-5)
 
@@ -453,9 +455,9 @@ def test_kernel_varlen_matches_reference(with_pool_mask, precision):
     _check_precision_output(got, reference, precision, ranges, atol=1e-5)
     from embedcore.kernels.pooling import pool_varlen_fwd
 
-    ranges_t = None if ranges is None else torch.as_tensor(ranges)
+    buckets = None if ranges is None else bucket_params(torch.as_tensor(ranges))
     pooled = None if pool_mask is None else pool_mask.bool()
-    split = pool_varlen_fwd(packed, cu, 7, pooled, MODES, True, 30, False, precision, ranges_t, block_h=8)
+    split = pool_varlen_fwd(packed, cu, 7, pooled, MODES, True, 30, False, precision, buckets, block_h=8)
     _check_precision_output(split, reference, precision, ranges, atol=1e-5)
 
 

@@ -12,8 +12,8 @@ from sentence_transformers.util.quantization import (
 )
 
 import embedcore as ec
+from embedcore._spec import PRECISIONS
 from embedcore.ops.quantize import (
-    PRECISIONS,
     _packbits_torch,
     _quantize_numpy,
     _quantize_torch,

@@ -8,7 +8,8 @@ import torch
 
 import embedcore as ec
 from embedcore import _backend
-from embedcore.ops.search import _dequantize, _kind, _search_torch, search_reference
+from embedcore._spec import search_kind
+from embedcore.ops.search import _dequantize, _search_torch, search_reference
 
 N = 1500
 NQ = [1, 7, 64]
@@ -331,7 +332,7 @@ def test_torch_device_path_on_cpu(rng, kind, metric, levels):
     if kind == "bfloat16":
         ct = ct.to(torch.bfloat16)
         c = ct.float().numpy()  # the values the corpus holds
-    fmt = _kind(q.dtype.name, str(ct.dtype).removeprefix("torch."), metric, ranges is not None)
+    fmt = search_kind(q.dtype.name, str(ct.dtype).removeprefix("torch."), metric, ranges is not None)
     for k in (1, 10, 900):
         scores, indices = _search_torch(torch.from_numpy(q), ct, k, metric, fmt, ranges)
         assert indices.dtype == torch.int64

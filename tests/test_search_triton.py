@@ -15,8 +15,9 @@ import pytest
 import torch
 from test_search import _case, _check_any
 
+from embedcore._spec import TRITON_MAX_K, search_kind
 from embedcore.ops import search as search_ops
-from embedcore.ops.search import TRITON_MAX_K, _kind, _search_torch, _topk_keys_torch, search_reference
+from embedcore.ops.search import _search_torch, _topk_keys_torch, search_reference
 
 similarity = pytest.importorskip("embedcore.kernels.similarity")
 
@@ -48,7 +49,7 @@ def _inputs(rng, fmt: str, nq: int, n: int, levels: int | None):
 
 
 def _kind_of(qt, ct, metric, ranges):
-    return _kind(str(qt.dtype).removeprefix("torch."), str(ct.dtype).removeprefix("torch."), metric,
+    return search_kind(str(qt.dtype).removeprefix("torch."), str(ct.dtype).removeprefix("torch."), metric,
                  ranges is not None)
 
 

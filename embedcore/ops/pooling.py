@@ -39,13 +39,11 @@ import itertools
 from typing import Any, Literal
 
 from embedcore._arrays import check_array, is_tensor
+from embedcore._spec import NORM_EPS, SCALAR_PRECISIONS, Precision, check_precision
 from embedcore.ops.quantize import (
-    SCALAR_PRECISIONS,
     Backend,
-    Precision,
     bucket_params,
     check_backend,
-    check_precision,
     check_ranges,
     quantize,
     quantize_reference,
@@ -56,7 +54,6 @@ PoolingMode = Literal[
     "cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "weightedmean_absolute", "lasttoken"
 ]
 MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "weightedmean_absolute", "lasttoken")
-_NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, which sentence-transformers uses
 
 
 def check_modes(mode: Any) -> tuple[str, ...]:
@@ -207,11 +204,11 @@ def pool_reference(
         outputs.append(torch.where(nonempty, v, torch.zeros((), dtype=v.dtype, device=v.device)))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     if normalize:
-        out = F.normalize(out, p=2.0, dim=-1, eps=_NORM_EPS)
+        out = F.normalize(out, p=2.0, dim=-1, eps=NORM_EPS)
     if truncate_dim < out.shape[1]:
         out = out[:, :truncate_dim]
     if normalize_after_truncate:
-        out = F.normalize(out, p=2.0, dim=-1, eps=_NORM_EPS)
+        out = F.normalize(out, p=2.0, dim=-1, eps=NORM_EPS)
     starts = steps = None
     if precision in SCALAR_PRECISIONS:
         starts, steps = bucket_params(ranges)
@@ -244,6 +241,13 @@ def _finish(
     ranges_t = check_ranges(ranges, dim, hidden.device) if precision in SCALAR_PRECISIONS else None
     args = (modes, normalize, dim, normalize_after_truncate, precision, ranges_t)
     return run_kernel(*args) if use_kernel(hidden, backend) else run_reference(*args)
+
+
+def _with_buckets(args: tuple) -> tuple:
+    """The kernel launchers' arguments: ``_finish``'s, with the (2, dim) ranges replaced by their
+    ``(starts, steps)`` bucket parameters (None for the other precisions)."""
+    *head, ranges = args
+    return (*head, None if ranges is None else bucket_params(ranges))
 
 
 def pool(
@@ -314,7 +318,7 @@ def pool(
     def run_kernel(*args: Any) -> Any:
         from embedcore.kernels.pooling import pool_fwd
 
-        return pool_fwd(hidden, attention, pooled if pool_mask is not None else None, *args)
+        return pool_fwd(hidden, attention, pooled if pool_mask is not None else None, *_with_buckets(args))
 
     def run_reference(*args: Any) -> Any:
         return pool_reference(hidden, attention, pooled, *args)
@@ -393,7 +397,7 @@ def pool_varlen(
     def run_kernel(*args: Any) -> Any:
         from embedcore.kernels.pooling import pool_varlen_fwd
 
-        return pool_varlen_fwd(hidden, cu, max_seqlen, pooled, *args)
+        return pool_varlen_fwd(hidden, cu, max_seqlen, pooled, *_with_buckets(args))
 
     def run_reference(*args: Any) -> Any:
         # Pad, then pool: right padding, so absolute and relative positions agree.

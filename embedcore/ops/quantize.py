@@ -22,22 +22,18 @@ import numpy as np
 
 from embedcore import _backend
 from embedcore._arrays import check_array, is_tensor
+from embedcore._spec import (
+    BINARY_PRECISIONS,
+    FLOAT_NAMES,
+    OUTPUT_DTYPE_NAMES,
+    SCALAR_PRECISIONS,
+    Precision,
+    check_precision,
+    output_dim,
+)
 
-Precision = Literal["float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary"]
-PRECISIONS = ("float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary")
-SCALAR_PRECISIONS = ("int8", "uint8")
-BINARY_PRECISIONS = ("binary", "ubinary")
 Backend = Literal["auto", "reference", "triton"]
 BACKENDS = ("auto", "reference", "triton")
-
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def check_precision(precision: Any) -> str:
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"Invalid precision {precision!r}; valid: {PRECISIONS}")
-    return precision
-
 
 def check_backend(backend: Any) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -45,23 +41,10 @@ def check_backend(backend: Any) -> str:
     return backend
 
 
-def output_dim(dim: int, precision: str) -> int:
-    """Width of the quantized output for ``dim`` input dimensions (bytes for the binary precisions)."""
-    return (dim + 7) // 8 if precision in BINARY_PRECISIONS else dim
-
-
 def output_dtype(precision: str) -> Any:
     import torch
 
-    return {
-        "float32": torch.float32,
-        "float16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "int8": torch.int8,
-        "uint8": torch.uint8,
-        "binary": torch.int8,
-        "ubinary": torch.uint8,
-    }[precision]
+    return getattr(torch, OUTPUT_DTYPE_NAMES[precision])
 
 
 def _as_tensor(x: Any, name: str) -> Any:
@@ -70,7 +53,7 @@ def _as_tensor(x: Any, name: str) -> Any:
 
     check_array(x, name)
     t = x.detach() if is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
-    if str(t.dtype).removeprefix("torch.") not in _FLOAT_DTYPES:
+    if str(t.dtype).removeprefix("torch.") not in FLOAT_NAMES:
         raise TypeError(f"{name} must hold floats (float16/bfloat16/float32/float64), got {t.dtype}")
     return t
 

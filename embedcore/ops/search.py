@@ -35,89 +35,30 @@ on the queries' device for tensor queries.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from embedcore import _backend
 from embedcore._arrays import check_array, is_tensor
+from embedcore._spec import (
+    ASCENDING_METRICS,
+    CUDA_MAX_QUERIES,
+    CUDA_MAX_WIDTH,
+    GPU_SEARCH_BACKENDS,
+    INT8_DOT_MAX_DIM,
+    INT8_L2_MAX_DIM,
+    MAX_CORPUS,
+    METRICS,
+    NORM_EPS,
+    TRITON_MAX_K,
+    Metric,
+    check_k,
+    dtype_name,
+    search_kind,
+)
 from embedcore.ops.cos_range import cos_safe_corpus, unit_rows
-
-Metric = Literal["dot", "cos", "l2", "hamming"]
-METRICS = ("dot", "cos", "l2", "hamming")
-# Metrics whose best score is the smallest.
-_ASCENDING = ("l2", "hamming")
-# Largest corpus the int64 index / key packing supports.
-MAX_CORPUS = 2**31 - 1
-_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-_NORM_EPS = 1e-12
-# int8 scores are exact int32 up to these dims (|a - b| <= 255, |a * b| <= 16384 per dim).
-_INT8_L2_MAX_DIM = 33025
-_INT8_DOT_MAX_DIM = 131071
-# embedcore._cuda score kernels: queries staged in 48 KiB of shared memory, 8 per block row.
-_CUDA_MAX_WIDTH = 6144
-_CUDA_MAX_QUERIES = 8 * 65535
-# Device search backends (EMBEDCORE_GPU_SEARCH) and the largest k of the Triton path
-# (embedcore.kernels.similarity.MAX_K; kept here so the dispatch does not import triton).
-GPU_SEARCH_BACKENDS = ("auto", "triton", "cuda", "torch")
-TRITON_MAX_K = 256
-
-
-# dtype -> name: formatting a numpy dtype as a string costs microseconds (Python-level __str__), a
-# dict lookup on the dtype object tens of nanoseconds.
-_DTYPE_NAMES: dict[Any, str] = {}
-
-
-def _dtype_name(x: Any) -> str:
-    dtype = x.dtype
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
-
-
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the corpus size), got {k}")
-    return int(k)
-
-
-def _kind(qname: str, cname: str, metric: str, has_ranges: bool) -> str:
-    """Which format pair the inputs form: ``float``, ``int8_asym``, ``int8`` or ``hamming``."""
-    if metric == "hamming":
-        if has_ranges:
-            raise ValueError("ranges is only for float queries against an int8 corpus, not for hamming")
-        if cname not in ("uint8", "int8") or qname != cname:
-            raise TypeError(
-                "hamming needs packed bits of one dtype for queries and corpus: uint8 (ubinary) or "
-                f"int8 (binary); got queries {qname}, corpus {cname}"
-            )
-        return "hamming"
-    if cname in _FLOAT_NAMES:
-        if qname not in _FLOAT_NAMES:
-            raise TypeError(f"queries must be float for a {cname} corpus, got {qname}")
-        if has_ranges:
-            raise ValueError("ranges is only for an int8 corpus; this corpus is " + cname)
-        return "float"
-    if cname == "int8":
-        if qname in _FLOAT_NAMES:
-            if not has_ranges:
-                raise ValueError(
-                    "float queries against an int8 corpus need ranges=(2, dim) min/max rows (the "
-                    "calibration ranges the codes were made with); or pass int8 queries"
-                )
-            return "int8_asym"
-        if qname == "int8":
-            if has_ranges:
-                raise ValueError("ranges is only for float queries; int8 queries score the codes directly")
-            return "int8"
-        raise TypeError(f"queries must be float or int8 for an int8 corpus, got {qname}")
-    raise TypeError(
-        f"corpus has unsupported dtype {cname}; valid: float32, float16, bfloat16, int8, "
-        "or uint8 with metric='hamming'"
-    )
+from embedcore.ops.keys import unpack_keys
 
 
 def _score_dtype(kind: str, metric: str) -> Any:
@@ -217,7 +158,7 @@ def _float32_queries(q: Any, metric: str) -> np.ndarray:
     q = _to_numpy(q, "queries")
     _check_finite(q, "queries")
     if metric == "cos":
-        q = unit_rows(q.astype(np.float64), _NORM_EPS)
+        q = unit_rows(q.astype(np.float64), NORM_EPS)
     elif q.dtype == np.float64:
         with np.errstate(over="ignore"):
             q32 = q.astype(np.float32)
@@ -272,7 +213,7 @@ def _search_native(
         # A non-finite score: NaN/infinity in the corpus, or (cos) a row whose float32 square sum
         # overflows, which the kernel reports instead of scoring it 0. Only then is the corpus
         # range-checked: rows of huge values are rescaled (exactly) and the scan runs again.
-        if metric != "cos" or kind != "float" or _dtype_name(corpus) == "float16":
+        if metric != "cos" or kind != "float" or dtype_name(corpus) == "float16":
             raise
         scaled = cos_safe_corpus(_to_numpy(corpus, "corpus"))
         if scaled is None:
@@ -300,28 +241,13 @@ def _pack_keys(scores: Any, base: int, ascending: bool) -> Any:
     return (ordered << 32) + (0xFFFFFFFF - index)
 
 
-def _unpack_keys(keys: Any, score_dtype: Any, ascending: bool) -> tuple[Any, Any]:
-    import torch
-
-    ordered = keys >> 32
-    if ascending:
-        ordered = -ordered - 1
-    index = 0xFFFFFFFF - (keys & 0xFFFFFFFF)
-    if score_dtype == torch.float32:
-        bits = ordered.to(torch.int32)
-        scores = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(torch.float32)
-    else:
-        scores = ordered.to(score_dtype)
-    return scores, index
-
-
 def _cuda_int_scores(name: str, q: Any, rows: Any) -> Any:
     """int32 (nq, nrows) scores from ``embedcore._cuda`` (popc Hamming / dp4a int8 dot), or None when
     the extension is missing, the tensors are not on a GPU, or the sizes exceed its limits."""
     import torch
 
     ext = _backend.cuda_ext() if rows.is_cuda else None
-    if ext is None or q.shape[1] > _CUDA_MAX_WIDTH or q.shape[0] > _CUDA_MAX_QUERIES:
+    if ext is None or q.shape[1] > CUDA_MAX_WIDTH or q.shape[0] > CUDA_MAX_QUERIES:
         return None
     q, rows = q.contiguous(), rows.contiguous()
     out = torch.empty((q.shape[0], rows.shape[0]), dtype=torch.int32, device=rows.device)
@@ -352,7 +278,7 @@ def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, 
         qn, cn = (q64 * q64).sum(1), (c64 * c64).sum(1)
         if metric == "l2":
             return (qn[:, None] + cn[None, :] - 2 * dots).to(torch.int32)
-        dots = dots / qn.sqrt().clamp(min=_NORM_EPS)[:, None] / cn.sqrt().clamp(min=_NORM_EPS)[None, :]
+        dots = dots / qn.sqrt().clamp(min=NORM_EPS)[:, None] / cn.sqrt().clamp(min=NORM_EPS)[None, :]
         return dots.to(torch.float32)
     c = rows.to(torch.float32)
     if affine is not None:
@@ -361,7 +287,7 @@ def _torch_scores(q: Any, rows: Any, metric: str, kind: str, affine: tuple[Any, 
         return ((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (q @ c.T)).clamp_(min=0)
     scores = q @ c.T
     if metric == "cos":
-        scores = scores / torch.linalg.vector_norm(c, dim=1).clamp(min=_NORM_EPS)[None, :]
+        scores = scores / torch.linalg.vector_norm(c, dim=1).clamp(min=NORM_EPS)[None, :]
     return scores
 
 
@@ -378,7 +304,7 @@ def _use_triton_search(corpus: Any, k: int, backend: str) -> bool:
     (:func:`_gpu_search_backend`): ``triton`` forces it and ``auto`` picks it when Triton runs here
     (compiled for a CUDA tensor, or the interpreter), as long as k fits its register-resident top-k
     and the corpus is not float64; otherwise the blocked torch path runs."""
-    if backend in ("torch", "cuda") or k > TRITON_MAX_K or _dtype_name(corpus) == "float64":
+    if backend in ("torch", "cuda") or k > TRITON_MAX_K or dtype_name(corpus) == "float64":
         return False
     if backend == "triton":
         if not _backend.triton_available():
@@ -394,7 +320,7 @@ def _topk_keys_torch(q: Any, corpus: Any, k: int, metric: str, kind: str,
     integer formats)."""
     import torch
 
-    ascending = metric in _ASCENDING
+    ascending = metric in ASCENDING_METRICS
     n, nq = corpus.shape[0], q.shape[0]
     # Blocks of ~2^22 scores (x bytes for the (nq, rows, nbytes) temporary of the PyTorch Hamming
     # fallback), never fewer rows than k.
@@ -439,7 +365,7 @@ def _search_torch(
         if not bool(torch.isfinite(q).all()):
             raise ValueError("queries contains NaN or infinity")
         if metric == "cos":
-            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=NORM_EPS)
     else:
         q = queries.contiguous()
     affine = None
@@ -455,7 +381,7 @@ def _search_torch(
         keys, nonfinite = _topk_keys_torch(q, corpus, k, metric, kind, affine)
     if nonfinite is not None and bool(nonfinite):
         raise ValueError("corpus contains NaN or infinity (or a score overflows float32)")
-    return _unpack_keys(keys, score_dtype, metric in _ASCENDING)
+    return unpack_keys(keys, score_dtype, metric in ASCENDING_METRICS)
 
 
 def search_reference(
@@ -474,7 +400,7 @@ def search_reference(
     Returns:
         (scores, indices): (nq, k) float32/int32 and int64, best first.
     """
-    kind = _kind(queries.dtype.name, corpus.dtype.name, metric, ranges is not None)
+    kind = search_kind(queries.dtype.name, corpus.dtype.name, metric, ranges is not None)
     if kind == "hamming":
         q = queries.view(np.uint8)
         c = corpus.view(np.uint8)  # binary = ubinary - 128: both sides shifted alike, bits differ alike
@@ -494,10 +420,10 @@ def search_reference(
         else:
             scores = q @ c.T
             if metric == "cos":
-                qn = np.maximum(np.sqrt((q * q).sum(1, dtype=np.float64)), _NORM_EPS)
-                cn = np.maximum(np.sqrt((c * c).sum(1, dtype=np.float64)), _NORM_EPS)
+                qn = np.maximum(np.sqrt((q * q).sum(1, dtype=np.float64)), NORM_EPS)
+                cn = np.maximum(np.sqrt((c * c).sum(1, dtype=np.float64)), NORM_EPS)
                 scores = scores / qn[:, None] / cn[None, :]
-    keys = scores if metric in _ASCENDING else -scores
+    keys = scores if metric in ASCENDING_METRICS else -scores
     order = np.argsort(keys, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(scores, order, axis=1).astype(_score_dtype(kind, metric))
     return top, order.astype(np.int64)
@@ -547,8 +473,8 @@ def search(
         raise ValueError(f"corpus has {n} rows; at most {MAX_CORPUS} are supported")
     if dim == 0:
         raise ValueError("queries and corpus have dim 0")
-    k = _check_k(k, n)
-    kind = _kind(_dtype_name(queries), _dtype_name(corpus), metric, ranges is not None)
+    k = check_k(k, n)
+    kind = search_kind(dtype_name(queries), dtype_name(corpus), metric, ranges is not None)
     q_tensor = is_tensor(queries)
     q_dev = queries.device.type if q_tensor else "cpu"
     c_dev = corpus.device.type if is_tensor(corpus) else "cpu"
@@ -558,7 +484,7 @@ def search(
     # The native path checks ranges itself, caching the result for repeated ranges.
     r = _check_ranges(ranges, dim) if kind == "int8_asym" and not native else None
     if kind == "int8":
-        limit = _INT8_L2_MAX_DIM if metric == "l2" else _INT8_DOT_MAX_DIM
+        limit = INT8_L2_MAX_DIM if metric == "l2" else INT8_DOT_MAX_DIM
         if dim > limit:
             raise ValueError(f"int8 {metric} scores are exact int32 up to dim {limit}, got dim {dim}")
 

@@ -27,16 +27,16 @@ import functools
 from typing import Any
 
 from embedcore import _backend
-from embedcore.ops.search import (
-    _ASCENDING,
-    _FLOAT_NAMES,
-    _NORM_EPS,
+from embedcore._spec import (
+    ASCENDING_METRICS,
+    FLOAT_NAMES,
     METRICS,
-    _check_k,
-    _dtype_name,
-    _kind,
-    _unpack_keys,
+    NORM_EPS,
+    check_k,
+    dtype_name,
+    search_kind,
 )
+from embedcore.ops.keys import unpack_keys
 
 # Rows per block: at least this many (a block pays a few flushes of its first keys and writes k keys)
 # and at least 4 x KP, so that the candidates stay a small fraction of the corpus.
@@ -123,11 +123,11 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
     n, dim = int(corpus.shape[0]), int(corpus.shape[1])
     if int(q.shape[1]) != dim or dim == 0:
         raise ValueError(f"corpus has dim {dim}, queries have dim {int(q.shape[1])}")
-    k = _check_k(k, n)
-    qname, cname = _dtype_name(q), _dtype_name(corpus)
-    if qname in _FLOAT_NAMES and cname == "int8":  # asymmetric int8 (needs ranges): not fused
+    k = check_k(k, n)
+    qname, cname = dtype_name(q), dtype_name(corpus)
+    if qname in FLOAT_NAMES and cname == "int8":  # asymmetric int8 (needs ranges): not fused
         return None
-    kind = _kind(qname, cname, metric, False)
+    kind = search_kind(qname, cname, metric, False)
     fmt = _format(kind, metric, cname, ext)
     if fmt is None or k > ext.TOPK_MAX_K or n > 2**31 - 1:
         return None
@@ -145,7 +145,7 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
         q = q.to(torch.float32)
         bad_queries = ~torch.isfinite(q).all()  # read with the kernel's flag: one sync, at the end
         if metric == "cos":
-            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=_NORM_EPS)
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp(min=NORM_EPS)
     elif kind == "hamming":  # int8 binary = ubinary - 128 on both sides: the same bits differ
         q, corpus = q.view(torch.uint8), corpus.view(torch.uint8)
     q = q.contiguous()
@@ -178,8 +178,8 @@ def search_cuda(queries: Any, corpus: Any, k: int, metric: str = "cos") -> tuple
     keys = candidates.view(nq, n_blocks * k)
     if n_blocks > 1:
         keys = torch.topk(keys, k, dim=1, largest=True, sorted=True).values
-    ascending = metric in _ASCENDING
-    scores, indices = _unpack_keys(keys, torch.float32 if kind == "float" else torch.int32, ascending)
+    ascending = metric in ASCENDING_METRICS
+    scores, indices = unpack_keys(keys, torch.float32 if kind == "float" else torch.int32, ascending)
     if kind == "float":
         queries_bad, corpus_bad = torch.stack([bad_queries, nonfinite[0] != 0]).tolist()
         if queries_bad:

@@ -13,6 +13,7 @@ import numpy as np
 
 from embedcore import _backend
 from embedcore._arrays import check_array, cpu_numpy, is_tensor, like
+from embedcore._spec import check_k
 
 # dtype -> the dtype the native kernel scans in; every conversion here is exact.
 _NATIVE_DTYPE = {
@@ -26,14 +27,6 @@ _NATIVE_DTYPE = {
     np.dtype(np.int32): np.float64,
     np.dtype(np.uint32): np.float64,
 }
-
-
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the number of columns), got {k}")
-    return int(k)
 
 
 def topk_reference(scores: np.ndarray, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +60,7 @@ def topk(scores: Any, k: int, largest: bool = True) -> tuple[Any, Any]:
     check_array(scores, "scores")
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (nrows, ncols), got shape {tuple(scores.shape)}")
-    k = _check_k(k, int(scores.shape[1]))
+    k = check_k(k, int(scores.shape[1]), "the number of columns")
     if not isinstance(largest, (bool, np.bool_)):
         raise TypeError(f"largest must be a bool, got {type(largest).__name__}")
 
