@@ -17,7 +17,7 @@ import transformers
 from sentence_transformers import SentenceTransformer
 
 import embedcore as ec
-from embedcore.models import packed_bert
+from embedcore.models import openvino_engine, packed_bert
 from embedcore.models.accelerate import undo
 from embedcore.models.embedder import Embedder
 from embedcore.models.fidelity import FIDELITIES, BFloat16Linear, Int8Linear
@@ -55,14 +55,23 @@ def reference(st, texts) -> np.ndarray:
     return st.encode(texts, normalize_embeddings=True)
 
 
-@pytest.fixture(scope="module")
-def tiers() -> dict[str, Embedder]:
-    return {
-        tier: Embedder.from_pretrained(
-            minilm_path(), device="cpu", fidelity=tier, max_seq_length=MAX_SEQ_LENGTH
+# Every tier on the torch engine, and the tiers OpenVINO runs on the openvino engine (the optional extra:
+# skipped without it).
+ENGINE_TIERS = [(t, "torch") for t in FIDELITIES] + [
+    pytest.param(
+        t, "openvino", marks=pytest.mark.skipif(not openvino_engine.available(), reason="no openvino")
+    )
+    for t in openvino_engine.TIER_HINTS
+]
+_MODELS: dict = {}
+
+
+def model_for(tier: str, engine: str) -> Embedder:
+    if (tier, engine) not in _MODELS:
+        _MODELS[tier, engine] = Embedder.from_pretrained(
+            minilm_path(), device="cpu", fidelity=tier, engine=engine, max_seq_length=MAX_SEQ_LENGTH
         )
-        for tier in FIDELITIES
-    }
+    return _MODELS[tier, engine]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,25 +80,26 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)
 
 
-def test_exact_tier_matches_sentence_transformers(tiers, texts, reference):
-    assert tiers["exact"]._packed is not None, "MiniLM should run the packed forward"
-    assert_close(tiers["exact"].encode(texts, normalize_embeddings=True), reference, atol=1e-5)
-
-
-@pytest.mark.parametrize("tier", ["near_exact", "int8"])
-def test_tier_bound_vs_sentence_transformers(tiers, texts, reference, tier):
-    got = tiers[tier].encode(texts, normalize_embeddings=True)
+@pytest.mark.parametrize(("tier", "engine"), ENGINE_TIERS)
+def test_tier_bound_vs_sentence_transformers(texts, reference, tier, engine):
+    model = model_for(tier, engine)
+    assert model._packed is not None, "MiniLM should run the engine's forward"
+    got = model.encode(texts, normalize_embeddings=True)
+    if tier == "exact":
+        assert_close(got, reference, atol=1e-5)
+        return
     cos = cosines(got, reference)
     mean_bound, min_bound = BOUNDS[tier]
     assert cos.mean() >= mean_bound and cos.min() >= min_bound, (tier, cos.mean(), cos.min())
     assert np.abs(got - reference).max() > 1e-6, f"{tier} should not be the float32 computation"
 
 
-@pytest.mark.parametrize("tier", FIDELITIES)
-def test_batch_invariance_per_tier(tiers, texts, tier):
+@pytest.mark.parametrize(("tier", "engine"), ENGINE_TIERS)
+def test_batch_invariance_per_tier(texts, tier, engine):
+    model = model_for(tier, engine)
     sample = texts[::3]  # whole summaries and descriptions, of very different lengths
-    together = tiers[tier].encode(sample, batch_size=len(sample), normalize_embeddings=True)
-    alone = np.stack([tiers[tier].encode(t, normalize_embeddings=True) for t in sample])
+    together = model.encode(sample, batch_size=len(sample), normalize_embeddings=True)
+    alone = np.stack([model.encode(t, normalize_embeddings=True) for t in sample])
     if tier == "exact":
         assert_close(alone, together, atol=1e-5)
     else:
@@ -105,12 +115,12 @@ def _recall_at_10(queries: np.ndarray, corpus: np.ndarray) -> float:
     return float((top == np.arange(len(queries))[:, None]).any(1).mean())
 
 
-def test_int8_recall_at_10_close_to_exact(tiers, rows):
+def test_int8_recall_at_10_close_to_exact(rows):
     docs = [r["extract"] for r in rows]
     queries = [r["description"] for r in rows]
     recall = {}
     for tier in ("exact", "int8"):
-        model = tiers[tier]
+        model = model_for(tier, "torch")
         corpus = model.encode(docs, normalize_embeddings=True)
         recall[tier] = _recall_at_10(model.encode(queries, normalize_embeddings=True), corpus)
     assert recall["exact"] > 0.5, recall  # the task is meaningful
@@ -177,6 +187,21 @@ def test_fidelity_arguments(texts):
         Embedder.from_pretrained(minilm_path(), quantize_weights="int8", fidelity="near_exact")
 
 
+def test_engine_arguments(monkeypatch):
+    with pytest.raises(ValueError, match="engine"):
+        Embedder.from_pretrained(minilm_path(), engine="onnx")
+    with pytest.raises(TypeError, match="engine"):
+        Embedder.from_pretrained(minilm_path(), engine=None)
+    with pytest.raises(ValueError, match="OpenVINO engine runs the tiers"):
+        Embedder.from_pretrained(minilm_path(), device="cpu", fidelity="int8", engine="openvino")
+    monkeypatch.setattr(openvino_engine, "available", lambda: False)
+    with pytest.raises(ImportError, match=r"embedcore\[openvino\]"):
+        Embedder.from_pretrained(minilm_path(), device="cpu", engine="openvino")
+    # "auto" without OpenVINO falls back to the torch engine.
+    auto = Embedder.from_pretrained(minilm_path(), device="cpu", fidelity="near_exact")
+    assert isinstance(auto._packed, packed_bert.PackedForward)
+
+
 def test_accelerate_tiers(st, texts, reference):
     original = st.encode(texts[:8], normalize_embeddings=True)
     try:
@@ -194,7 +219,7 @@ def test_accelerate_tiers(st, texts, reference):
         undo(st)
 
 
-def test_tiers_on_a_model_without_packed_forward(tmp_path):
+def test_tiers_on_a_model_without_engine_forward(tmp_path):
     """A non-BERT model gets the tier by Linear swapping; accelerate() leaves the user's model alone."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
     config = transformers.LlamaConfig(

@@ -29,9 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from embedcore.models import loading, packed_bert
+from embedcore.models import loading
+from embedcore.models.engine import check_engine, make_forward
 from embedcore.models.fidelity import check_fidelity, swap_linears
-from embedcore.models.packed_bert import PackedForward
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class Embedder:
         fidelity: "exact" (default), "near_exact" or "int8" (:mod:`embedcore.models.fidelity`). The tier
             runs through the packed CPU forward of BERT encoders; other models get it from
             :func:`~embedcore.models.fidelity.swap_linears`, which :meth:`from_pretrained` applies.
+        engine: "auto" (default), "torch" or "openvino": what runs the CPU forward of BERT encoders
+            (:mod:`embedcore.models.engine`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Embedder:
         truncate_dim: int | None = None,
         similarity_fn_name: str | None = None,
         fidelity: str = "exact",
+        engine: str = "auto",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,7 +109,8 @@ class Embedder:
         self._bidirectional: Any = None  # ec.bidirectional handle
         self._attention: Any = None  # handle of the embedcore attention implementation (CUDA)
         self.fidelity = check_fidelity(fidelity)
-        self._packed = PackedForward(self.model, self.fidelity) if packed_bert.supports(self.model) else None
+        self.engine = check_engine(engine)
+        self._packed = make_forward(self.model, self.fidelity, self.engine)
         forward_params = self._forward_parameters()
         self._use_token_type_ids = "token_type_ids" in forward_params and "token_type_ids" in getattr(
             tokenizer, "model_input_names", ()
@@ -131,6 +135,7 @@ class Embedder:
         similarity_fn_name: str | None = None,
         fidelity: Literal["exact", "near_exact", "int8"] = "exact",
         quantize_weights: Literal["int8"] | None = None,
+        engine: Literal["auto", "torch", "openvino"] = "auto",
     ) -> Embedder:
         """Loads a sentence-transformers folder or a plain Hugging Face checkpoint, offline.
 
@@ -153,6 +158,8 @@ class Embedder:
                 sentence-transformers' float32 output), "near_exact" (bf16 products; mean cosine >=
                 0.99995) or "int8" (int8 products; mean cosine >= 0.995).
             quantize_weights: Deprecated alias: "int8" means ``fidelity="int8"``.
+            engine: "auto" (OpenVINO where installed and it runs the tier, else torch), "torch" or
+                "openvino" (the ``openvino`` extra): what runs the CPU forward of BERT encoders.
 
         Returns:
             An Embedder in eval mode on ``device``.
@@ -162,6 +169,7 @@ class Embedder:
         if quantize_weights not in QUANTIZE_WEIGHTS:
             raise ValueError(f"quantize_weights must be one of {QUANTIZE_WEIGHTS}, got {quantize_weights!r}")
         check_fidelity(fidelity)
+        check_engine(engine)
         if quantize_weights == "int8":
             warnings.warn(
                 'quantize_weights="int8" is deprecated; use fidelity="int8"', DeprecationWarning, stacklevel=2
@@ -192,6 +200,7 @@ class Embedder:
             truncate_dim=truncate_dim if truncate_dim is not None else loaded.truncate_dim,
             similarity_fn_name=similarity_fn_name or loaded.similarity_fn_name,
             fidelity=fidelity,
+            engine=engine,
         )
         if bidirectional:
             from embedcore.models.patching import bidirectional as make_bidirectional
@@ -595,7 +604,7 @@ class Embedder:
                 type_ids[mask_np] = np.concatenate([types[i] for i in idx])
                 features["token_type_ids"] = torch.from_numpy(type_ids).to(device)
             hidden = self._forward(features)
-            mask = features["attention_mask"]
+            mask = torch.from_numpy(mask_np).to(device)  # bool: pool() skips its 0/1 check
             if output_value == "token_embeddings":
                 for row, i in enumerate(idx):
                     token_emb = hidden[row, : batch_lengths[row]]

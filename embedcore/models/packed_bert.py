@@ -167,6 +167,11 @@ def _norm(module: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
     return module.weight.detach(), module.bias.detach(), float(module.eps)
 
 
+def weights_key(params: list[torch.Tensor]) -> tuple:
+    """Changes when one of ``params`` is moved (``.to``) or modified in place (training, load_state_dict)."""
+    return tuple((p.data_ptr(), p._version) for p in params)
+
+
 class PackedForward:
     """``model(**features).last_hidden_state`` through :class:`PackedBert`, rebuilt when the weights change.
 
@@ -181,13 +186,16 @@ class PackedForward:
         self.model = model
         self.fidelity = fidelity
         self._make = linear_factory(fidelity)
+        # Walking the module tree at every call costs more than a short forward; the list is taken once
+        # (modules replaced after this are not seen: build a new Embedder then).
+        self._params = list(model.parameters())
         self._key: tuple = ()
         self._bert: PackedBert | None = None
 
     def _current(self) -> PackedBert:
         # Weights loaded or trained after the build would otherwise be ignored: the fused QKV and the
         # bf16/int8 weights are copies.
-        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        key = weights_key(self._params)
         if self._bert is None or key != self._key:
             self._bert = PackedBert(self.model, self._make)
             self._key = key
