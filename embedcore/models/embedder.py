@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from embedcore.models import loading
+from embedcore.models.encode_args import batch_tensor, check_sentences, prompt_boundary
 from embedcore.models.engine import check_engine, make_forward
 from embedcore.models.fidelity import check_fidelity, swap_linears
 
@@ -352,7 +353,7 @@ class Embedder:
             KeyError: Unknown prompt_name.
             ValueError: batch_size < 1, unknown precision/output_value, truncate_dim out of range.
         """
-        texts, singular = _check_sentences(sentences)
+        texts, singular = check_sentences(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
         if batch_size < 1:
@@ -442,8 +443,8 @@ class Embedder:
             embeddings1: (n1, D) or (D,) numpy array, tensor, or list of vectors.
             embeddings2: (n2, D) or (D,), same D.
         """
-        a = _batch_tensor(embeddings1, "embeddings1")
-        b = _batch_tensor(embeddings2, "embeddings2").to(a.device)
+        a = batch_tensor(embeddings1, "embeddings1")
+        b = batch_tensor(embeddings2, "embeddings2").to(a.device)
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"embeddings1 has dim {a.shape[1]}, embeddings2 has dim {b.shape[1]}")
         name = self.similarity_fn_name or "cosine"
@@ -536,7 +537,7 @@ class Embedder:
             if fast:
                 n = len(prompt)
                 prompt_tokens = [
-                    _prompt_boundary(offsets, special, n)
+                    prompt_boundary(offsets, special, n)
                     for offsets, special in zip(enc["offset_mapping"], enc["special_tokens_mask"])
                 ]
             else:  # sentence-transformers' own rule: the prompt tokenized alone, less a trailing special
@@ -709,58 +710,3 @@ class Embedder:
 
 def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _check_sentences(sentences: Any) -> tuple[list[str], bool]:
-    """(texts, singular): a str becomes a one-element list; every item must be a str."""
-    if isinstance(sentences, str):
-        return [sentences], True
-    if sentences is None:
-        raise TypeError("sentences must be a str or a sequence of str, got None")
-    if isinstance(sentences, np.ndarray):
-        sentences = sentences.tolist() if sentences.ndim else [sentences.item()]
-    elif isinstance(sentences, (bytes, dict)) or not hasattr(sentences, "__iter__"):
-        raise TypeError(f"sentences must be a str or a sequence of str, got {type(sentences).__name__}")
-    texts = list(sentences)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"sentences[{i}] must be a str, got {type(text).__name__}")
-    return texts, False
-
-
-def _prompt_boundary(offsets: list[tuple[int, int]], special: list[int], prompt_chars: int) -> int:
-    """Number of leading tokens that belong to the prompt, from the tokenizer's character offsets.
-
-    Leading special tokens ([CLS], BOS) count with the prompt, as in sentence-transformers; the first
-    token that covers a character of the text itself, or a special token after the prompt (an empty
-    text's [SEP]), starts the pooled part.
-    """
-    seen_prompt = False
-    for position, ((_, end), is_special) in enumerate(zip(offsets, special)):
-        if is_special:
-            if seen_prompt:
-                return position
-        elif end > prompt_chars:
-            return position
-        else:
-            seen_prompt = True
-    return len(offsets)
-
-
-def _batch_tensor(x: Any, name: str) -> torch.Tensor:
-    """(n, D) float tensor from a tensor, numpy array or list of vectors; (D,) becomes (1, D)."""
-    if isinstance(x, list):
-        if not x:
-            raise ValueError(f"{name} is an empty list")
-        x = torch.stack([torch.as_tensor(v) for v in x])
-    elif isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    elif not torch.is_tensor(x):
-        raise TypeError(
-            f"{name} must be a numpy array, a torch tensor or a list of vectors, got {type(x).__name__}"
-        )
-    if x.ndim == 1:
-        x = x.unsqueeze(0)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (n, D) or (D,), got shape {tuple(x.shape)}")
-    return x if x.is_floating_point() else x.float()
