@@ -248,3 +248,14 @@ def test_tiers_on_a_model_without_engine_forward(tmp_path):
         assert_close(model.encode.original(sample), before, atol=1e-6)
     finally:
         undo(model)
+
+
+@pytest.mark.parametrize(("tier", "engine"), ENGINE_TIERS)
+def test_pickled_embedder_rebuilds_its_engine(texts, tier, engine):
+    """Worker processes of the multi-process pool receive the Embedder pickled."""
+    import pickle
+
+    model = model_for(tier, engine)
+    copy = pickle.loads(pickle.dumps(model))
+    assert type(copy._packed) is type(model._packed) and copy._packed is not model._packed
+    assert_close(copy.encode(texts[:4]), model.encode(texts[:4]), atol=1e-6)

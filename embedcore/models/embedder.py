@@ -117,6 +117,17 @@ class Embedder:
             tokenizer, "model_input_names", ()
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The engine's forward holds compiled/converted state (OpenVINO models, packed weights) that does
+        # not pickle; a worker process rebuilds it from the model.
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._packed = make_forward(self.model, self.fidelity, self.engine)
+
     # ------------------------------------------------------------------------------------------ loading
 
     @classmethod
