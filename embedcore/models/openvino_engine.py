@@ -99,6 +99,8 @@ class OpenVINOForward:
         example = {name: torch.ones((2, 8), dtype=torch.long) for name in names}
         if "token_type_ids" in example:
             example["token_type_ids"].zero_()
+        # A padded row: a tracer that sees an all-ones mask may drop the masking from the graph.
+        example["attention_mask"][1, 4:] = 0
         inputs = [(name, [-1, -1], ov.Type.i64) for name in names]
         with torch.no_grad():  # output 0 of a Hugging Face encoder is last_hidden_state
             return ov.convert_model(self.model, example_input=example, input=inputs)
