@@ -115,14 +115,14 @@ def _recall_at_10(queries: np.ndarray, corpus: np.ndarray) -> float:
     return float((top == np.arange(len(queries))[:, None]).any(1).mean())
 
 
-def test_int8_recall_at_10_close_to_exact(rows):
+@pytest.mark.parametrize(("tier", "engine"), [p for p in ENGINE_TIERS if "int8" in str(p)])
+def test_int8_recall_at_10_close_to_exact(rows, tier, engine):
     docs = [r["extract"] for r in rows]
     queries = [r["description"] for r in rows]
     recall = {}
-    for tier in ("exact", "int8"):
-        model = model_for(tier, "torch")
+    for name, model in (("exact", model_for("exact", "torch")), ("int8", model_for(tier, engine))):
         corpus = model.encode(docs, normalize_embeddings=True)
-        recall[tier] = _recall_at_10(model.encode(queries, normalize_embeddings=True), corpus)
+        recall[name] = _recall_at_10(model.encode(queries, normalize_embeddings=True), corpus)
     assert recall["exact"] > 0.5, recall  # the task is meaningful
     assert recall["int8"] >= recall["exact"] - 0.005, recall
 
@@ -190,10 +190,10 @@ def test_fidelity_arguments(texts):
 def test_engine_arguments(monkeypatch):
     with pytest.raises(ValueError, match="engine"):
         Embedder.from_pretrained(minilm_path(), engine="onnx")
+    with pytest.raises(ValueError, match="OpenVINO engine runs the tiers"):
+        openvino_engine.OpenVINOForward(torch.nn.Linear(2, 2), "fp8")
     with pytest.raises(TypeError, match="engine"):
         Embedder.from_pretrained(minilm_path(), engine=None)
-    with pytest.raises(ValueError, match="OpenVINO engine runs the tiers"):
-        Embedder.from_pretrained(minilm_path(), device="cpu", fidelity="int8", engine="openvino")
     monkeypatch.setattr(openvino_engine, "available", lambda: False)
     with pytest.raises(ImportError, match=r"embedcore\[openvino\]"):
         Embedder.from_pretrained(minilm_path(), device="cpu", engine="openvino")

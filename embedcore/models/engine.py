@@ -4,8 +4,9 @@
 engine   what runs
 ======== ===================================================================================
 torch    :class:`~embedcore.models.packed_bert.PackedForward` (packed tokens, tier's Linears)
-openvino :class:`~embedcore.models.openvino_engine.OpenVINOForward` (exact, near_exact)
-auto     OpenVINO where it is installed and runs the tier, else torch
+openvino :class:`~embedcore.models.openvino_engine.OpenVINOForward` (f32 for exact, bf16 for the
+         other tiers)
+auto     OpenVINO where it is installed and runs the tier (bf16 tiers: on a CPU with bf16), else torch
 ======== ===================================================================================
 
 Both run BERT encoders (:func:`embedcore.models.packed_bert.supports`); other models keep their own
@@ -49,7 +50,7 @@ def make_forward(model: Any, fidelity: str, engine: str) -> Any:
         engine == "auto"
         and fidelity in openvino_engine.TIER_HINTS
         and openvino_engine.available()
-        and (fidelity != "near_exact" or openvino_engine.cpu_has_bf16())
+        and (openvino_engine.TIER_HINTS[fidelity] != "bf16" or openvino_engine.cpu_has_bf16())
     ):
         return openvino_engine.OpenVINOForward(model, fidelity)
     return packed_bert.PackedForward(model, fidelity)
