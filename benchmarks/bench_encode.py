@@ -9,7 +9,7 @@ Two groups:
 
 * ``encode: exact``: ``Embedder.encode`` (goal 1.0x). Its embeddings must equal sentence-transformers'
   (max |diff| <= 1e-5) before its numbers count.
-* ``encode: int8 weights``: ``Embedder.from_pretrained(..., quantize_weights="int8")`` (goal 1.8x); the
+* ``encode: int8 weights``: ``Embedder.from_pretrained(..., fidelity="int8")`` (goal 1.8x); the
   mean cosine to sentence-transformers' exact embeddings goes into ``extra_info["mean_cosine"]`` and
   must be >= 0.99.
 
@@ -51,8 +51,8 @@ def _model(provider: str):
 
             _MODELS[provider] = SentenceTransformer(path, device="cpu")
         else:
-            weights = "int8" if provider == "embedcore-int8" else None
-            _MODELS[provider] = Embedder.from_pretrained(path, device="cpu", quantize_weights=weights)
+            fidelity = "int8" if provider == "embedcore-int8" else "exact"
+            _MODELS[provider] = Embedder.from_pretrained(path, device="cpu", fidelity=fidelity)
     return _MODELS[provider]
 
 

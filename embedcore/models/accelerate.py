@@ -1,4 +1,5 @@
-"""``accelerate(st_model)``: a SentenceTransformer that keeps its outputs and encodes faster, in place.
+"""``accelerate(st_model, fidelity="exact")``: a SentenceTransformer that encodes faster, in place, keeping
+its outputs (exact tier) or within a named bound (``near_exact``, ``int8``: embedcore.models.fidelity).
 
 The model's own modules (weights, tokenizer, Pooling and Normalize/Dense settings) are reused, not
 copied: an :class:`~embedcore.models.embedder.Embedder` is built around them and the instance's
@@ -13,13 +14,15 @@ Undo with ``embedcore.models.accelerate.undo(st_model)`` or ``st_model.encode.un
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import numpy as np
 
-from embedcore.models import loading
+from embedcore.models import loading, packed_bert
 from embedcore.models.embedder import Embedder
+from embedcore.models.fidelity import check_fidelity, swap_linears
 
 _ATTRIBUTE = "encode"
 _ST_LOGGER = "sentence_transformers.sentence_transformer.model"
@@ -149,8 +152,13 @@ def _resolve_prompt(st_model: Any, prompt: str | None, prompt_name: str | None) 
     return prompt
 
 
-def _embedder_for(st_model: Any) -> Embedder:
-    """An Embedder that shares the modules of ``st_model`` (Transformer, Pooling, Dense, Normalize)."""
+def _embedder_for(st_model: Any, fidelity: str = "exact") -> Embedder:
+    """An Embedder that shares the modules of ``st_model`` (Transformer, Pooling, Dense, Normalize).
+
+    A tier other than exact on a model without a packed forward runs on a copy of the transformer whose
+    Linear layers are swapped, so that the SentenceTransformer itself (and its original encode) keeps
+    its float32 weights.
+    """
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
@@ -184,22 +192,34 @@ def _embedder_for(st_model: Any) -> Embedder:
             )
         else:
             raise ValueError(f"accelerate() does not support the module {type(m).__name__} ({m!r})")
+    model = transformer.auto_model
+    if fidelity != "exact":
+        if next(model.parameters()).device.type != "cpu":
+            raise ValueError(f"fidelity={fidelity!r} runs on the CPU only; the model is on {model.device}")
+        if not packed_bert.supports(model):
+            model = copy.deepcopy(model).float()
+            swap_linears(model, fidelity)
     return Embedder(
-        transformer.auto_model,
+        model,
         transformer.tokenizer,
         pooling_mode=modules[1].pooling_mode,
         include_prompt=modules[1].include_prompt,
         post_modules=post,
+        fidelity=fidelity,
     )
 
 
-def accelerate(st_model: Any) -> Any:
-    """Makes ``st_model.encode`` faster in place, with the same outputs; returns ``st_model``.
+def accelerate(st_model: Any, fidelity: str = "exact") -> Any:
+    """Makes ``st_model.encode`` faster in place; returns ``st_model``.
 
     Args:
         st_model: A ``sentence_transformers.SentenceTransformer`` made of Transformer, Pooling and
             optionally Dense/Normalize modules (most text embedding models). Calling accelerate() on an
-            already accelerated model does nothing.
+            already accelerated model with the same fidelity does nothing; another fidelity replaces
+            the accelerated encode.
+        fidelity: "exact" (default: the model's own outputs, max abs <= 1e-5), "near_exact" (bf16
+            products, mean cosine >= 0.99995) or "int8" (mean cosine >= 0.995); CPU only for the last two.
+            See docs/encode.md.
 
     Returns:
         ``st_model`` itself, whose ``encode`` now runs embedcore (``encode_query``/``encode_document``
@@ -207,7 +227,8 @@ def accelerate(st_model: Any) -> Any:
 
     Raises:
         TypeError: st_model is not a SentenceTransformer.
-        ValueError: The model has a module embedcore does not run (named in the message).
+        ValueError: The model has a module embedcore does not run (named in the message), or an unknown
+            fidelity.
     """
     try:
         from sentence_transformers import SentenceTransformer
@@ -217,9 +238,13 @@ def accelerate(st_model: Any) -> Any:
         ) from None
     if not isinstance(st_model, SentenceTransformer):
         raise TypeError(f"st_model must be a SentenceTransformer, got {type(st_model).__name__}")
-    if isinstance(st_model.__dict__.get(_ATTRIBUTE), AcceleratedEncode):
-        return st_model
-    embedder = _embedder_for(st_model)
+    check_fidelity(fidelity)
+    current = st_model.__dict__.get(_ATTRIBUTE)
+    if isinstance(current, AcceleratedEncode):
+        if current.embedder.fidelity == fidelity:
+            return st_model
+        undo(st_model)
+    embedder = _embedder_for(st_model, fidelity)
     st_model.__dict__[_ATTRIBUTE] = AcceleratedEncode(st_model, embedder, st_model.__dict__.get(_ATTRIBUTE))
     return st_model
 

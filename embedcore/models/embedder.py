@@ -13,8 +13,10 @@ Where the time goes and what is done about it: the transformer forward is nearly
 tokenized once, sorted by their exact token count (sentence-transformers sorts by character count, a
 proxy that leaves ~10-30% of every batch as padding on real text), batched, padded only to the longest
 text of each batch, run under ``torch.inference_mode`` and put back in input order by index. On CUDA
-the attention runs embedcore's padding-free varlen kernel. ``quantize_weights="int8"`` (CPU, opt-in)
-swaps the Linear layers for dynamically quantized int8 ones: faster, not exact (see docs/encode.md).
+the attention runs embedcore's padding-free varlen kernel. On the CPU, BERT encoders run
+:mod:`embedcore.models.packed_bert` (Linear layers over the packed real tokens, fused Q/K/V) at the
+fidelity tier chosen at load time: ``"exact"``, ``"near_exact"`` (bf16 products) or ``"int8"``
+(:mod:`embedcore.models.fidelity`, docs/encode.md).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import numpy as np
 import torch
 
 from embedcore.models import loading
+from embedcore.models.encode_args import batch_tensor, check_sentences, prompt_boundary
+from embedcore.models.engine import check_engine, make_forward
+from embedcore.models.fidelity import check_fidelity, swap_linears
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
-QUANTIZE_WEIGHTS = (None, "int8")
+QUANTIZE_WEIGHTS = (None, "int8")  # deprecated alias of fidelity="int8"
 _SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
-_INT8_KEEP_DOWN = 3  # down-projections kept float32 by quantize_weights="int8"
 _FLOAT_PRECISION = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -61,6 +65,11 @@ class Embedder:
         default_prompt_name: The prompt used when encode() gets neither ``prompt`` nor ``prompt_name``.
         truncate_dim: Default truncation of the sentence embeddings (None keeps all dimensions).
         similarity_fn_name: "cosine" (default), "dot", "euclidean" or "manhattan".
+        fidelity: "exact" (default), "near_exact" or "int8" (:mod:`embedcore.models.fidelity`). The tier
+            runs through the packed CPU forward of BERT encoders; other models get it from
+            :func:`~embedcore.models.fidelity.swap_linears`, which :meth:`from_pretrained` applies.
+        engine: "auto" (default), "torch" or "openvino": what runs the CPU forward of BERT encoders
+            (:mod:`embedcore.models.engine`).
     """
 
     def __init__(
@@ -75,6 +84,8 @@ class Embedder:
         default_prompt_name: str | None = None,
         truncate_dim: int | None = None,
         similarity_fn_name: str | None = None,
+        fidelity: str = "exact",
+        engine: str = "auto",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -98,10 +109,24 @@ class Embedder:
         self.similarity_fn_name = similarity_fn_name
         self._bidirectional: Any = None  # ec.bidirectional handle
         self._attention: Any = None  # handle of the embedcore attention implementation (CUDA)
+        self.fidelity = check_fidelity(fidelity)
+        self.engine = check_engine(engine)
+        self._packed = make_forward(self.model, self.fidelity, self.engine)
         forward_params = self._forward_parameters()
         self._use_token_type_ids = "token_type_ids" in forward_params and "token_type_ids" in getattr(
             tokenizer, "model_input_names", ()
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The engine's forward holds compiled/converted state (OpenVINO models, packed weights) that does
+        # not pickle; a worker process rebuilds it from the model.
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._packed = make_forward(self.model, self.fidelity, self.engine)
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -120,7 +145,9 @@ class Embedder:
         *,
         truncate_dim: int | None = None,
         similarity_fn_name: str | None = None,
+        fidelity: Literal["exact", "near_exact", "int8"] = "exact",
         quantize_weights: Literal["int8"] | None = None,
+        engine: Literal["auto", "torch", "openvino"] = "auto",
     ) -> Embedder:
         """Loads a sentence-transformers folder or a plain Hugging Face checkpoint, offline.
 
@@ -139,8 +166,12 @@ class Embedder:
             trust_remote_code: Passed to transformers.
             truncate_dim: Default truncation of every encode() (Matryoshka); None: the saved value.
             similarity_fn_name: "cosine", "dot", "euclidean" or "manhattan"; None: the saved one.
-            quantize_weights: "int8" swaps every Linear for a dynamically quantized int8 Linear (CPU only;
-                faster, not exact: see docs/encode.md). None keeps the weights exact.
+            fidelity: The speed/fidelity tier (CPU; docs/encode.md): "exact" (max abs <= 1e-5 to
+                sentence-transformers' float32 output), "near_exact" (bf16 products; mean cosine >=
+                0.99995) or "int8" (int8 products; mean cosine >= 0.995).
+            quantize_weights: Deprecated alias: "int8" means ``fidelity="int8"``.
+            engine: "auto" (OpenVINO where installed and it runs the tier, else torch), "torch" or
+                "openvino" (the ``openvino`` extra): what runs the CPU forward of BERT encoders.
 
         Returns:
             An Embedder in eval mode on ``device``.
@@ -149,6 +180,15 @@ class Embedder:
             raise TypeError(f"bidirectional must be a bool or None, got {type(bidirectional).__name__}")
         if quantize_weights not in QUANTIZE_WEIGHTS:
             raise ValueError(f"quantize_weights must be one of {QUANTIZE_WEIGHTS}, got {quantize_weights!r}")
+        check_fidelity(fidelity)
+        check_engine(engine)
+        if quantize_weights == "int8":
+            warnings.warn(
+                'quantize_weights="int8" is deprecated; use fidelity="int8"', DeprecationWarning, stacklevel=2
+            )
+            if fidelity not in ("exact", "int8"):
+                raise ValueError(f'quantize_weights="int8" contradicts fidelity={fidelity!r}')
+            fidelity = "int8"
         loaded = loading.load(
             name_or_path,
             dtype=dtype,
@@ -171,39 +211,22 @@ class Embedder:
             default_prompt_name=loaded.default_prompt_name,
             truncate_dim=truncate_dim if truncate_dim is not None else loaded.truncate_dim,
             similarity_fn_name=similarity_fn_name or loaded.similarity_fn_name,
+            fidelity=fidelity,
+            engine=engine,
         )
         if bidirectional:
             from embedcore.models.patching import bidirectional as make_bidirectional
 
             embedder._bidirectional = make_bidirectional(embedder.model, attn_implementation=None)
         target = torch.device(device) if device is not None else _default_device()
-        if quantize_weights == "int8":
+        if fidelity != "exact":
             if target.type != "cpu":
-                raise ValueError(f"quantize_weights='int8' runs on the CPU only, got device {target}")
-            embedder._quantize_linear_int8()
+                raise ValueError(f"fidelity={fidelity!r} runs on the CPU only, got device {target}")
+            if embedder._packed is None:  # no packed forward for this architecture: swap its Linears
+                embedder.model.float()
+                swap_linears(embedder.model, fidelity)
         embedder.to(target)
         return embedder
-
-    def _quantize_linear_int8(self) -> None:
-        """Dynamic int8 quantization of the Linear layers: int8 weights per output channel, activations
-        quantized per batch at run time (fbgemm on x86).
-
-        The down-projections (in_features > out_features) of the first ``_INT8_KEEP_DOWN`` blocks stay
-        float32: their inputs (GELU/SwiGLU outputs) carry the largest activation outliers, which per-tensor
-        activation quantization handles worst. Measured on all-MiniLM-L6-v2 and 200 Wikipedia summaries:
-        every Linear int8 gives mean cosine 0.983 to the exact embeddings; keeping the first two or three
-        down-projections float gives 0.990 / 0.992 at most of the speed (docs/encode.md).
-        """
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        self.model.float()
-        linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
-        down = [n for n, m in linears if m.in_features > m.out_features][:_INT8_KEEP_DOWN]
-        spec = {n: per_channel_dynamic_qconfig for n, _ in linears if n not in down}
-        with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -218,6 +241,8 @@ class Embedder:
         """Moves the model (and the Dense modules) to ``device``; returns self. On CUDA, attention runs
         embedcore's padding-free varlen kernel."""
         device = torch.device(device)
+        if device.type != "cpu" and self.fidelity != "exact":
+            raise ValueError(f"fidelity={self.fidelity!r} runs on the CPU only, got device {device}")
         self.model.to(device)
         for m in self.post_modules:
             m.to(device)
@@ -339,7 +364,7 @@ class Embedder:
             KeyError: Unknown prompt_name.
             ValueError: batch_size < 1, unknown precision/output_value, truncate_dim out of range.
         """
-        texts, singular = _check_sentences(sentences)
+        texts, singular = check_sentences(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
         if batch_size < 1:
@@ -429,8 +454,8 @@ class Embedder:
             embeddings1: (n1, D) or (D,) numpy array, tensor, or list of vectors.
             embeddings2: (n2, D) or (D,), same D.
         """
-        a = _batch_tensor(embeddings1, "embeddings1")
-        b = _batch_tensor(embeddings2, "embeddings2").to(a.device)
+        a = batch_tensor(embeddings1, "embeddings1")
+        b = batch_tensor(embeddings2, "embeddings2").to(a.device)
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"embeddings1 has dim {a.shape[1]}, embeddings2 has dim {b.shape[1]}")
         name = self.similarity_fn_name or "cosine"
@@ -523,7 +548,7 @@ class Embedder:
             if fast:
                 n = len(prompt)
                 prompt_tokens = [
-                    _prompt_boundary(offsets, special, n)
+                    prompt_boundary(offsets, special, n)
                     for offsets, special in zip(enc["offset_mapping"], enc["special_tokens_mask"])
                 ]
             else:  # sentence-transformers' own rule: the prompt tokenized alone, less a trailing special
@@ -590,8 +615,8 @@ class Embedder:
                 type_ids = np.zeros((len(idx), width), dtype=np.int64)
                 type_ids[mask_np] = np.concatenate([types[i] for i in idx])
                 features["token_type_ids"] = torch.from_numpy(type_ids).to(device)
-            hidden = self.model(**features).last_hidden_state
-            mask = features["attention_mask"]
+            hidden = self._forward(features)
+            mask = torch.from_numpy(mask_np).to(device)  # bool: pool() skips its 0/1 check
             if output_value == "token_embeddings":
                 for row, i in enumerate(idx):
                     token_emb = hidden[row, : batch_lengths[row]]
@@ -639,6 +664,18 @@ class Embedder:
                 per_text[i] = {k: v.cpu() if to_cpu and torch.is_tensor(v) else v for k, v in item.items()}
         return sentence_out if output_value == "sentence_embedding" else per_text
 
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, H) last hidden states: the packed CPU forward where it runs, else the model's own."""
+        packed = self._packed
+        if (
+            packed is not None
+            and not self.model.training
+            and features["input_ids"].device.type == "cpu"
+            and self.model.embeddings.word_embeddings.weight.dtype == torch.float32
+        ):
+            return packed(**features)
+        return self.model(**features).last_hidden_state
+
     def _finish(
         self,
         result: Any,
@@ -684,58 +721,3 @@ class Embedder:
 
 def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _check_sentences(sentences: Any) -> tuple[list[str], bool]:
-    """(texts, singular): a str becomes a one-element list; every item must be a str."""
-    if isinstance(sentences, str):
-        return [sentences], True
-    if sentences is None:
-        raise TypeError("sentences must be a str or a sequence of str, got None")
-    if isinstance(sentences, np.ndarray):
-        sentences = sentences.tolist() if sentences.ndim else [sentences.item()]
-    elif isinstance(sentences, (bytes, dict)) or not hasattr(sentences, "__iter__"):
-        raise TypeError(f"sentences must be a str or a sequence of str, got {type(sentences).__name__}")
-    texts = list(sentences)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"sentences[{i}] must be a str, got {type(text).__name__}")
-    return texts, False
-
-
-def _prompt_boundary(offsets: list[tuple[int, int]], special: list[int], prompt_chars: int) -> int:
-    """Number of leading tokens that belong to the prompt, from the tokenizer's character offsets.
-
-    Leading special tokens ([CLS], BOS) count with the prompt, as in sentence-transformers; the first
-    token that covers a character of the text itself, or a special token after the prompt (an empty
-    text's [SEP]), starts the pooled part.
-    """
-    seen_prompt = False
-    for position, ((_, end), is_special) in enumerate(zip(offsets, special)):
-        if is_special:
-            if seen_prompt:
-                return position
-        elif end > prompt_chars:
-            return position
-        else:
-            seen_prompt = True
-    return len(offsets)
-
-
-def _batch_tensor(x: Any, name: str) -> torch.Tensor:
-    """(n, D) float tensor from a tensor, numpy array or list of vectors; (D,) becomes (1, D)."""
-    if isinstance(x, list):
-        if not x:
-            raise ValueError(f"{name} is an empty list")
-        x = torch.stack([torch.as_tensor(v) for v in x])
-    elif isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    elif not torch.is_tensor(x):
-        raise TypeError(
-            f"{name} must be a numpy array, a torch tensor or a list of vectors, got {type(x).__name__}"
-        )
-    if x.ndim == 1:
-        x = x.unsqueeze(0)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (n, D) or (D,), got shape {tuple(x.shape)}")
-    return x if x.is_floating_point() else x.float()
