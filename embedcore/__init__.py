@@ -11,6 +11,7 @@ Public API (see README and ../shared/DESIGN.md for the contract)::
     ec.bidirectional(model); ec.accelerate(st_model)
     ec.Embedder.from_pretrained(path).encode(sentences)
     ec.Index(dim, precision="float32", metric="cos"); ec.semantic_search(q, corpus, top_k=10)
+    ec.distributed.encode(texts, model); ec.distributed.ShardedIndex.from_index(index, shards=4)
 
 Names resolve lazily, so ``import embedcore`` stays cheap and works without triton, without the
 CUDA extension and without a GPU.
@@ -41,10 +42,15 @@ _EXPORTS = {
     "semantic_search": "embedcore.index",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+# subpackages reachable as attributes (ec.distributed needs the ray extra only when called)
+_SUBPACKAGES = ("distributed",)
+
+__all__ = [*sorted(_EXPORTS), *_SUBPACKAGES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"embedcore.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'embedcore' has no attribute {name!r}")

@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
+
+    from embedcore.distributed.cli import add_ray_arguments  # --ray: imports Ray only when run
+
+    add_ray_arguments(
+        sub.choices["encode"], isub.choices["build"], sub.choices["search"],
+        encode=_encode, load_npy=_load_npy, model_path=_model_path,
+    )
     return parser
 
 

@@ -1,0 +1,168 @@
+"""Resumable on-disk output of a distributed encode: one verified folder per shard plus a manifest.
+
+Layout::
+
+    DIR/manifest.json        {"format": "embedcore.embedding_shards", "format_version": 1,
+                              "job": {...}, "count": N, "dim": D, "dtype": ..., "ranges": ...,
+                              "shards": [{"folder", "start", "stop", "manifest_sha256"}, ...]}
+    DIR/shard_00000/         a :mod:`embedcore.persist` folder ("embedcore.embedding_shard"):
+                             ids.npy (n,) int64 = start..stop-1, embeddings.npy (n, D)
+
+Shard ``i`` holds the rows ``[i * rows_per_shard, min(N, (i + 1) * rows_per_shard))`` in input order.
+Each shard folder is written atomically with SHA-256 per array (:func:`embedcore.persist.save_folder`)
+and records the job it belongs to (model, options, row count, shard size); the top-level manifest is
+written last, atomically, and records the SHA-256 of every shard's manifest. A restarted job keeps
+every shard that verifies and belongs to the same job and recomputes the others, so a row is never
+lost or written twice. :func:`load_embeddings` reads the result back, verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedcore import persist
+
+SHARD_FORMAT = "embedcore.embedding_shard"
+SET_FORMAT = "embedcore.embedding_shards"
+FORMAT_VERSION = 1
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}"
+
+
+def plan(n: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` row ranges of the shards of ``n`` rows."""
+    return [(a, min(n, a + rows_per_shard)) for a in range(0, n, rows_per_shard)]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Writes JSON to ``path`` through a temporary file in the same folder, fsynced, then renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_folder(path: Path) -> None:
+    """Refuses an output folder that holds anything but this format's own files (nothing the user
+    owns is ever replaced); creates it when it is missing."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {path} exists and is not a folder")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output {path}: its folder {path.parent} does not exist")
+    path.mkdir(exist_ok=True)
+    for entry in path.iterdir():
+        ours = entry.name == persist.MANIFEST or entry.name.startswith(("shard_", "float32_pass", "."))
+        if not ours:
+            raise ValueError(
+                f"output {path} holds {entry.name!r}, which is not part of an embedcore shard set; "
+                "choose an empty or new folder"
+            )
+
+
+def verified(folder: Path, job: dict[str, Any], start: int, stop: int) -> bool:
+    """Whether ``folder`` holds a complete shard of ``job`` for rows ``[start, stop)``.
+
+    A shard of another job raises (it is never overwritten silently); a missing, incomplete or
+    corrupted one is reported as not verified, to be recomputed.
+    """
+    if not folder.exists():
+        return False
+    try:
+        manifest, arrays = persist.load_folder(folder, SHARD_FORMAT, FORMAT_VERSION, mmap=True)
+    except (FileNotFoundError, persist.CorruptFolderError):
+        return False
+    meta = manifest["metadata"]
+    if meta.get("job") != job:
+        raise ValueError(
+            f"{folder} belongs to another encode job ({meta.get('job')}); use a new output folder"
+        )
+    ids = arrays.get("ids")
+    emb = arrays.get("embeddings")
+    return (
+        ids is not None
+        and emb is not None
+        and (meta.get("start"), meta.get("stop")) == (start, stop)
+        and len(ids) == len(emb) == stop - start
+        and bool((ids == np.arange(start, stop)).all())
+    )
+
+
+def write_shard(folder: Path, job: dict[str, Any], start: int, embeddings: np.ndarray) -> None:
+    """Writes rows ``start ..`` of the output as a verified shard folder, atomically."""
+    stop = start + len(embeddings)
+    ids = np.arange(start, stop, dtype=np.int64)
+    meta = {"job": job, "start": start, "stop": stop}
+    persist.save_folder(folder, SHARD_FORMAT, {"ids": ids, "embeddings": embeddings}, meta, FORMAT_VERSION)
+
+
+def read_shard(folder: Path) -> np.ndarray:
+    """The embeddings of a verified shard folder (memory-mapped)."""
+    _, arrays = persist.load_folder(folder, SHARD_FORMAT, FORMAT_VERSION, mmap=True)
+    return arrays["embeddings"]
+
+
+def manifest_entry(root: Path, i: int, start: int, stop: int) -> dict[str, Any]:
+    folder = root / shard_name(i)
+    return {
+        "folder": folder.name,
+        "start": start,
+        "stop": stop,
+        "manifest_sha256": persist.sha256_file(folder / persist.MANIFEST),
+    }
+
+
+def load_embeddings(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads the output of a distributed encode back as one array in input order, verified.
+
+    Args:
+        path: the output folder (its ``manifest.json`` must exist: a finished job).
+
+    Returns:
+        (N, D) array of the job's dtype, row i the embedding of input row i.
+
+    Raises:
+        FileNotFoundError: no finished job in ``path``.
+        embedcore.persist.CorruptFolderError: a shard whose checksums or row ranges do not match.
+    """
+    root = Path(path)
+    file = root / persist.MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{root} holds no finished distributed encode (no {persist.MANIFEST})")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise persist.CorruptFolderError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
+        raise persist.CorruptFolderError(f"{file} is not an embedcore shard-set manifest")
+    parts, expected = [], 0
+    for entry in manifest.get("shards", []):
+        folder = root / str(entry.get("folder"))
+        if folder.parent != root or persist.sha256_file(folder / persist.MANIFEST) != entry.get(
+            "manifest_sha256"
+        ):
+            raise persist.CorruptFolderError(f"{folder}: its manifest does not match {file}")
+        if entry.get("start") != expected:
+            raise persist.CorruptFolderError(f"{file}: shard {folder.name} does not start at row {expected}")
+        part = read_shard(folder)
+        expected += len(part)
+        parts.append(part)
+    if expected != manifest.get("count"):
+        raise persist.CorruptFolderError(f"{file}: the shards hold {expected} rows, not {manifest.get('count')}")
+    return np.concatenate(parts) if parts else np.zeros((0, manifest.get("dim", 0)), np.float32)
