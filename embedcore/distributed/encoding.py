@@ -221,8 +221,7 @@ def _run(
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=gpus,
         num_cpus=num_cpus,
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data's defaults restart a dead actor without limit and retry its block there.
     )
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         collector.add(np.asarray(batch["id"], dtype=np.int64), np.asarray(batch["embedding"]))

@@ -172,6 +172,8 @@ def _check_target(path: Path) -> None:
         if not path.is_dir():
             raise ValueError(f"{path} exists and is not a folder")
         if any(path.iterdir()):
+            if not (path / persist.MANIFEST).is_file():
+                raise ValueError(f"{path} holds files and is not a sharded index; refusing to replace it")
             _read_manifest(path)  # raises unless it is a sharded index: never replace other files
 
 
