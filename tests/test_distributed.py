@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -49,6 +50,7 @@ def texts():
 
 # ---------------------------------------------------------------------------- sharded index
 
+
 def _heavy_ties(rng, n, dim):
     x = rng.integers(-2, 3, (n, dim)).astype(np.float32)  # few distinct values: many equal scores
     x[np.abs(x).sum(1) == 0, 0] = 1
@@ -86,7 +88,7 @@ def test_sharded_index_equals_one_index(config, tmp_path):
     with ShardedIndex.load(tmp_path / "saved") as loaded:
         import torch
 
-        scores, ids = loaded.search(torch.from_numpy(queries), 10)
+        _, ids = loaded.search(torch.from_numpy(queries), 10)
         assert isinstance(ids, torch.Tensor)
         np.testing.assert_array_equal(ids.numpy(), index.search(queries, 10)[1])
 
@@ -100,7 +102,7 @@ def test_sharded_index_build_errors_and_dead_shards(tmp_path):
         ShardedIndex.from_index(index, shards=51)
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="expected 'embedcore.sharded_index'|not a sharded|holds"):
+    with pytest.raises(ValueError, match="is not a sharded index"):
         ShardedIndex.from_index(index, shards=2, path=tmp_path / "user")
     assert (tmp_path / "user" / "notes.txt").read_text() == "mine"
 
@@ -122,16 +124,16 @@ def test_sharded_index_build_errors_and_dead_shards(tmp_path):
     finally:
         sharded.close()
     # A tampered shard is refused on load.
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    codes = tmp_path / "idx" / manifest["shards"][0]["folder"] / "codes.npy"
+    codes = tmp_path / "idx" / "shard_00000" / "codes.npy"
     data = bytearray(codes.read_bytes())
     data[-1] ^= 1
     codes.write_bytes(bytes(data))
-    with pytest.raises((RuntimeError, ValueError), match="SHA-256|checksum|shard 0"):
+    with pytest.raises((RuntimeError, ValueError), match=r"SHA-256|checksum|shard 0"):
         ShardedIndex.load(tmp_path / "idx").close()
 
 
 # ---------------------------------------------------------------------------- encode
+
 
 def test_encode_equals_single_process(model_path, texts):
     ref = ec.Embedder.from_pretrained(model_path).encode(texts, batch_size=8, normalize_embeddings=True)
@@ -173,14 +175,24 @@ def test_encode_int8_ranges_come_from_the_whole_output(tmp_path):
     floats = expected_hash_embeddings(texts)
     log = str(tmp_path / "log")
     out = ec.distributed.encode(
-        texts, lambda: _HashEmbedder(None, log), output=tmp_path / "out", rows_per_shard=40, block_rows=16,
+        texts,
+        lambda: _HashEmbedder(None, log),
+        output=tmp_path / "out",
+        rows_per_shard=40,
+        block_rows=16,
+        concurrency=1,
         precision="uint8",
     )
-    assert sorted(os.listdir(out)) == ["manifest.json", "shard_00000", "shard_00001", "shard_00002"]
+    assert sorted(os.listdir(out)) == ["manifest", "shard_00000", "shard_00001", "shard_00002"]
     np.testing.assert_array_equal(load_embeddings(out), ec.quantize(floats, "uint8"))
     calib = floats[::7] * 0.5
     codes = ec.distributed.encode(
-        texts, lambda: _HashEmbedder(None, log), block_rows=16, precision="int8", calibration_embeddings=calib
+        texts,
+        lambda: _HashEmbedder(None, log),
+        block_rows=16,
+        precision="int8",
+        calibration_embeddings=calib,
+        concurrency=1,
     )
     np.testing.assert_array_equal(codes, ec.quantize(floats, "int8", ranges=quantization_ranges(calib)))
 
@@ -201,9 +213,11 @@ def test_encode_survives_a_killed_actor_and_resumes(tmp_path):
     data = bytearray(bad.read_bytes())
     data[-3] ^= 0xFF
     bad.write_bytes(bytes(data))
-    (out / "manifest.json").unlink()
+    shutil.rmtree(out / "manifest")
     os.unlink(log)
-    ec.distributed.encode(texts, lambda: _HashEmbedder(None, log), output=out, rows_per_shard=40, block_rows=10)
+    ec.distributed.encode(
+        texts, lambda: _HashEmbedder(None, log), output=out, rows_per_shard=40, block_rows=10
+    )
     with open(log, encoding="utf-8") as f:
         assert sorted(f.read().splitlines()) == sorted(texts[40:80])
     for i, before in stat.items():
@@ -225,11 +239,12 @@ def test_encode_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="precision"):
         ec.distributed.encode(["a"], "m", precision="int4")
     (tmp_path / "mine.txt").write_text("x")
-    with pytest.raises(ValueError, match="mine.txt"):
+    with pytest.raises(ValueError, match=r"mine\.txt"):
         ec.distributed.encode(["a"], "m", output=tmp_path)
 
 
 # ---------------------------------------------------------------------------- command line
+
 
 def test_cli_index_build_and_search_with_ray(tmp_path, capsys):
     from embedcore.cli import main
@@ -239,16 +254,58 @@ def test_cli_index_build_and_search_with_ray(tmp_path, capsys):
     np.save(tmp_path / "emb.npy", emb)
     np.save(tmp_path / "q.npy", queries)
     out = tmp_path / "idx"
-    rc = main(["index", "build", "--ray", "--shards", "2", "--embeddings", str(tmp_path / "emb.npy"),
-               "--output", str(out), "--precision", "binary", "--rescore", "int8"])
+    rc = main(
+        [
+            "index",
+            "build",
+            "--ray",
+            "--shards",
+            "2",
+            "--embeddings",
+            str(tmp_path / "emb.npy"),
+            "--output",
+            str(out),
+            "--precision",
+            "binary",
+            "--rescore",
+            "int8",
+        ]
+    )
     assert rc == 0
     capsys.readouterr()
-    assert main(["search", "--ray", "--index", str(out), "--query-embeddings", str(tmp_path / "q.npy"),
-                 "-k", "5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--ray",
+                "--index",
+                str(out),
+                "--query-embeddings",
+                str(tmp_path / "q.npy"),
+                "-k",
+                "5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = [[hit["id"] for hit in item["results"]] for item in json.loads(capsys.readouterr().out)]
     index = ec.Index(24, precision="binary", rescore="int8")
     index.add(emb)
     assert got == index.search(queries, 5)[1].tolist()
-    assert main(["index", "build", "--shards", "2", "--embeddings", str(tmp_path / "emb.npy"),
-                 "--output", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--shards",
+                "2",
+                "--embeddings",
+                str(tmp_path / "emb.npy"),
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--shards needs --ray" in capsys.readouterr().err

@@ -44,13 +44,17 @@ def test_merge_rescored_keeps_the_global_candidates_only():
     scan = [np.array([[0, 1]]), np.array([[0, 5]])]  # Hamming: smaller first
     rows = [np.array([[0, 1]]), np.array([[2, 3]])]
     rescored = [np.array([[0.5, 0.4]], np.float32), np.array([[0.6, 0.9]], np.float32)]
-    s, ids = merge.merge_rescored(scan, rows, rows, rescored, m=2, k=1, scan_largest=False, rescore_largest=True)
+    s, ids = merge.merge_rescored(
+        scan, rows, rows, rescored, m=2, k=1, scan_largest=False, rescore_largest=True
+    )
     assert ids.tolist() == [[2]] and s.tolist() == [[np.float32(0.6)]]
     # Equal scan scores at the cut: the lower row is the candidate (as in one index).
     scan = [np.array([[3]]), np.array([[3]])]
     rows = [np.array([[4]]), np.array([[9]])]
     rescored = [np.array([[0.1]], np.float32), np.array([[0.9]], np.float32)]
-    _, ids = merge.merge_rescored(scan, rows, rows, rescored, m=1, k=1, scan_largest=False, rescore_largest=True)
+    _, ids = merge.merge_rescored(
+        scan, rows, rows, rescored, m=1, k=1, scan_largest=False, rescore_largest=True
+    )
     assert ids.tolist() == [[4]]
 
 

@@ -112,7 +112,7 @@ def _cmd_encode(args: argparse.Namespace, helpers: dict[str, Any]) -> int:
         print(f"wrote {out}: {emb.shape} {emb.dtype}")
     else:
         encode(Path(args.input), model, precision=args.precision, output=out, **_encode_kwargs(args))
-        print(f"wrote {out}: verified shards and manifest.json (embedcore.distributed.load_embeddings)")
+        print(f"wrote {out}: verified shards and their manifest (embedcore.distributed.load_embeddings)")
     return 0
 
 
@@ -164,15 +164,18 @@ def _cmd_search(args: argparse.Namespace, helpers: dict[str, Any]) -> int:
     results = [
         {
             "query": label,
-            "results": [{"rank": r + 1, "id": int(i), "score": float(s)} for r, (s, i) in enumerate(zip(sr, ir))],
+            "results": [
+                {"rank": r + 1, "id": int(i), "score": float(s)} for r, (s, i) in enumerate(zip(sr, ir))
+            ],
         }
         for label, sr, ir in zip(labels, scores.tolist(), ids.tolist())
     ]
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
         return 0
+    print("query\trank\tid\tscore")  # tab-separated: one line per hit
     for item in results:
-        print(f"\n{item['query']}")
-        for hit in item["results"]:
-            print(f"  {hit['rank']:>3}  id {hit['id']:>8}  score {hit['score']:>9.4f}")
+        print(
+            "\n".join(f"{item['query']}\t{h['rank']}\t{h['id']}\t{h['score']:.6g}" for h in item["results"])
+        )
     return 0

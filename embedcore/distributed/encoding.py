@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,6 @@ def _texts(source: Any, field: str) -> list[str] | None:
 
 def _dataset(ray: Any, source: Any, texts: list[str] | None, field: str, block_rows: int) -> Any:
     """A Dataset of ``(id, field)`` rows: ids are input positions."""
-    import pyarrow as pa
-
     if texts is None:
         if "id" in source.schema().names:
             return source.select_columns(["id", field])
@@ -152,11 +151,15 @@ def _dataset(ray: Any, source: Any, texts: list[str] | None, field: str, block_r
             texts = [str(row[field]) for row in source.select_columns([field]).iter_rows()]
         finally:
             ctx.execution_options.preserve_order = keep
-    tables = [
-        pa.table({"id": np.arange(a, b, dtype=np.int64), field: texts[a:b]})
-        for a, b in shard_io.plan(len(texts), block_rows)
-    ]
-    return ray.data.from_arrow(tables)
+    return _from_tables(ray, np.arange(len(texts), dtype=np.int64), texts, field, block_rows)
+
+
+def _from_tables(ray: Any, ids: np.ndarray, texts: list[str], field: str, block_rows: int) -> Any:
+    """A Dataset of ``(id, field)`` rows in blocks of ``block_rows`` (one Arrow table each)."""
+    import pyarrow as pa
+
+    blocks = shard_io.plan(len(ids), block_rows)
+    return ray.data.from_arrow([pa.table({"id": ids[a:b], field: texts[a:b]}) for a, b in blocks])
 
 
 class _Collector:
@@ -215,7 +218,7 @@ def _run(
         num_cpus = 1 if gpus else max(1.0, ray.cluster_resources().get("CPU", 1) // concurrency)
     out = ds.map_batches(
         EmbedBatches,
-        fn_constructor_args=actor_args[:-1] + (None if gpus else int(num_cpus),),
+        fn_constructor_args=(*actor_args[:-1], None if gpus else int(num_cpus)),
         batch_size=block_rows,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -288,8 +291,11 @@ def encode(
     """
     require_ray()
     options = _check_options(encode_kwargs)
-    for name, value in (("concurrency", concurrency), ("rows_per_shard", rows_per_shard),
-                        ("block_rows", block_rows)):
+    for name, value in (
+        ("concurrency", concurrency),
+        ("rows_per_shard", rows_per_shard),
+        ("block_rows", block_rows),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(field, str) or not field:
@@ -338,79 +344,65 @@ def encode(
         "count": n,
         "rows_per_shard": rows_per_shard,
     }
-    return _encode_to_folder(
-        ray, Path(output), source, texts, field, job, precision, calib, actor_args, concurrency,
-        block_rows, num_cpus_per_actor,
-    )
+    plan = _Plan(ray, source, texts, field, actor_args, concurrency, block_rows, num_cpus_per_actor)
+    return _encode_to_folder(plan, Path(output), job, precision, calib)
 
 
-def _encode_pending(
-    ray: Any,
-    root: Path,
-    source: Any,
-    texts: list[str] | None,
-    field: str,
-    job: dict[str, Any],
-    actor_args: tuple[Any, ...],
-    concurrency: int,
-    block_rows: int,
-    num_cpus: float | None,
-) -> list[tuple[int, int]]:
-    """Encodes the shards of ``root`` that do not verify yet; returns the plan."""
+@dataclass
+class _Plan:
+    """What every pass of one job shares: the input and how to run the actors."""
+
+    ray: Any
+    source: Any
+    texts: list[str] | None
+    field: str
+    actor_args: tuple[Any, ...]
+    concurrency: int
+    block_rows: int
+    num_cpus: float | None
+
+    def run(self, ds: Any, ranges: list[tuple[int, int]], on_full: Callable[[int, np.ndarray], None]) -> None:
+        _run(self.ray, ds, ranges, on_full, self.actor_args, self.concurrency, self.block_rows, self.num_cpus)
+
+
+def _encode_pending(plan: _Plan, root: Path, job: dict[str, Any]) -> list[tuple[int, int]]:
+    """Encodes the shards of ``root`` that do not verify yet; returns the plan's row ranges."""
     ranges = shard_io.plan(job["count"], job["rows_per_shard"])
-    pending = [i for i, (a, b) in enumerate(ranges) if not shard_io.verified(root / shard_io.shard_name(i), job, a, b)]
+    pending = [
+        i
+        for i, (a, b) in enumerate(ranges)
+        if not shard_io.verified(root / shard_io.shard_name(i), job, a, b)
+    ]
     if not pending:
         return ranges
-    pending_set = set(pending)
-    if texts is not None:
-        keep = [t for i, (a, b) in enumerate(ranges) if i in pending_set for t in texts[a:b]]
+    if plan.texts is not None:
         ids = np.concatenate([np.arange(*ranges[i]) for i in pending])
-        import pyarrow as pa
-
-        tables = [
-            pa.table({"id": ids[a:b], field: keep[a:b]}) for a, b in shard_io.plan(len(ids), block_rows)
-        ]
-        ds = ray.data.from_arrow(tables)
+        ds = _from_tables(plan.ray, ids, [plan.texts[i] for i in ids], plan.field, plan.block_rows)
     else:
-        ds = _dataset(ray, source, None, field, block_rows)
+        ds = _dataset(plan.ray, plan.source, None, plan.field, plan.block_rows)
         bounds = [ranges[i] for i in pending]
         ds = ds.filter(lambda row: any(a <= row["id"] < b for a, b in bounds))
+    pending_set = set(pending)
 
     def write(s: int, emb: np.ndarray) -> None:
         if s in pending_set:
             shard_io.write_shard(root / shard_io.shard_name(s), job, ranges[s][0], emb)
 
-    _run(ray, ds, ranges, write, actor_args, concurrency, block_rows, num_cpus)
+    plan.run(ds, ranges, write)
     return ranges
 
 
 def _encode_to_folder(
-    ray: Any,
-    root: Path,
-    source: Any,
-    texts: list[str] | None,
-    field: str,
-    job: dict[str, Any],
-    precision: str,
-    calib: np.ndarray | None,
-    actor_args: tuple[Any, ...],
-    concurrency: int,
-    block_rows: int,
-    num_cpus: float | None,
+    plan: _Plan, root: Path, job: dict[str, Any], precision: str, calib: np.ndarray | None
 ) -> Path:
     shard_io.check_output_folder(root)
-    run = (ray, root, source, texts, field)
     if precision not in ("int8", "uint8"):
-        ranges = _encode_pending(*run, job, actor_args, concurrency, block_rows, num_cpus)
-        int8_ranges = None
+        ranges = _encode_pending(plan, root, job)
     else:
         # Pass 1: float32 shards (resumable too); the ranges over all of them; pass 2: the codes.
         float_root = root / "float32_pass"
         float_root.mkdir(exist_ok=True)
-        float_job = {**job, "precision": "float32"}
-        ranges = _encode_pending(
-            ray, float_root, source, texts, field, float_job, actor_args, concurrency, block_rows, num_cpus
-        )
+        ranges = _encode_pending(plan, float_root, {**job, "precision": "float32"})
         if calib is None:
             lo = hi = None
             for i in range(len(ranges)):
@@ -425,16 +417,17 @@ def _encode_to_folder(
                 part = shard_io.read_shard(float_root / shard_io.shard_name(i))
                 shard_io.write_shard(folder, job, a, _quantized(np.asarray(part), precision, calib))
     first = shard_io.read_shard(root / shard_io.shard_name(0))
-    manifest = {
-        "format": shard_io.SET_FORMAT,
-        "format_version": shard_io.FORMAT_VERSION,
-        "job": job,
-        "count": job["count"],
-        "dim": int(first.shape[1]),
-        "dtype": first.dtype.str,
-        "shards": [shard_io.manifest_entry(root, i, a, b) for i, (a, b) in enumerate(ranges)],
-    }
-    shard_io.write_json_atomic(root / "manifest.json", manifest)
+    shard_io.write_top(
+        root,
+        shard_io.SET_FORMAT,
+        {
+            "job": job,
+            "count": job["count"],
+            "dim": int(first.shape[1]),
+            "dtype": first.dtype.str,
+            "shards": [shard_io.manifest_entry(root, i, a, b) for i, (a, b) in enumerate(ranges)],
+        },
+    )
     if precision in ("int8", "uint8"):
         shutil.rmtree(root / "float32_pass", ignore_errors=True)  # this job's own intermediate
     return root

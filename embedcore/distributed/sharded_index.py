@@ -2,9 +2,10 @@
 
 Folder layout (``ShardedIndex.save`` / ``load``)::
 
-    DIR/manifest.json   {"format": "embedcore.sharded_index", "format_version": 1, "count", "dim",
-                         "precision", "metric", "rescore", "rescore_multiplier",
-                         "shards": [{"folder", "start", "stop", "manifest_sha256"}, ...]}
+    DIR/manifest/       the top-level manifest: a :mod:`embedcore.persist` folder without arrays
+                        ("embedcore.sharded_index") whose metadata is {"count", "dim", "precision",
+                        "metric", "rescore", "rescore_multiplier", "user",
+                        "shards": [{"folder", "start", "stop", "manifest_sha256"}, ...]}
     DIR/shard_00000/    an ordinary index folder (:meth:`Index.save`: atomic, SHA-256 per array)
 
 Shard ``s`` holds the global storage rows ``[start, stop)`` of the index it was cut from, with their
@@ -23,7 +24,6 @@ answer makes the search raise, naming the shard: results are never silently part
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -35,10 +35,16 @@ import numpy as np
 from embedcore import persist
 from embedcore.distributed import merge
 from embedcore.distributed._ray import ensure_ray, require_ray
-from embedcore.distributed.shards import manifest_entry, shard_name, write_json_atomic
+from embedcore.distributed.shards import (
+    TOP,
+    check_shard_entries,
+    manifest_entry,
+    read_top,
+    shard_name,
+    write_top,
+)
 
 FORMAT = "embedcore.sharded_index"
-FORMAT_VERSION = 1
 _SETTINGS = ("dim", "precision", "metric", "rescore", "rescore_multiplier")
 
 
@@ -121,47 +127,19 @@ def _write_shards(index: Any, shards: int, root: Path) -> None:
     del arrays
     shutil.rmtree(full)
     top = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "count": len(index),
         **{name: meta[name] for name in _SETTINGS},
         "user": meta.get("user") or {},
         "shards": [manifest_entry(root, i, a, b) for i, (a, b) in enumerate(bounds)],
     }
-    write_json_atomic(root / persist.MANIFEST, top)
+    write_top(root, FORMAT, top)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    file = root / persist.MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{root} is not a sharded index folder (no {persist.MANIFEST})")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise persist.CorruptFolderError(f"{file} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise persist.CorruptFolderError(f"{root} holds {got!r}, expected {FORMAT!r}")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise persist.CorruptFolderError(f"{root} was written by a newer embedcore; upgrade embedcore")
+    """The top-level manifest's metadata, its shards' manifests checked against their SHA-256."""
+    manifest = read_top(root, FORMAT)
+    check_shard_entries(root, manifest.get("shards", []))
     return manifest
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Renames the finished folder ``tmp`` to ``path``; a previous sharded index there is moved aside
-    first and removed last (restored if the rename fails)."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        if old is not None:
-            os.rename(old, path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_target(path: Path) -> None:
@@ -172,7 +150,7 @@ def _check_target(path: Path) -> None:
         if not path.is_dir():
             raise ValueError(f"{path} exists and is not a folder")
         if any(path.iterdir()):
-            if not (path / persist.MANIFEST).is_file():
+            if not (path / TOP / persist.MANIFEST).is_file():
                 raise ValueError(f"{path} holds files and is not a sharded index; refusing to replace it")
             _read_manifest(path)  # raises unless it is a sharded index: never replace other files
 
@@ -201,10 +179,6 @@ class ShardedIndex:
             setattr(self, name, manifest[name])
         self._count = int(manifest["count"])
         self._starts = [int(s["start"]) for s in manifest["shards"]]
-        for s in manifest["shards"]:
-            folder = path / str(s["folder"])
-            if folder.parent != path or persist.sha256_file(folder / persist.MANIFEST) != s["manifest_sha256"]:
-                raise persist.CorruptFolderError(f"{folder}: its manifest does not match {path / persist.MANIFEST}")
         ray = ensure_ray(address)
         server = ray.remote(max_restarts=max_restarts, max_task_retries=max_restarts)(ShardServer)
         self._actors = [
@@ -241,7 +215,9 @@ class ShardedIndex:
         if not isinstance(index, Index):
             raise TypeError(f"index must be an embedcore.Index, got {type(index).__name__}")
         if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= max(len(index), 1):
-            raise ValueError(f"shards must be an int in [1, {len(index)}] (the index's vectors), got {shards!r}")
+            raise ValueError(
+                f"shards must be an int in [1, {len(index)}] (the index's vectors), got {shards!r}"
+            )
         if len(index) == 0:
             raise ValueError("index is empty; add vectors before sharding it")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
@@ -254,7 +230,7 @@ class ShardedIndex:
         try:
             _write_shards(index, shards, tmp)
             if target is not None:
-                _swap_in(tmp, target)
+                persist._swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -262,32 +238,24 @@ class ShardedIndex:
         return cls(final, owned=target is None, verify=False, max_restarts=max_restarts, address=address)
 
     @classmethod
-    def build(
-        cls,
-        embeddings: Any,
-        shards: int,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        max_restarts: int = 3,
-        address: str | None = None,
-        **index_kwargs: Any,
-    ) -> ShardedIndex:
+    def build(cls, embeddings: Any, shards: int, path: Any = None, **kwargs: Any) -> ShardedIndex:
         """An index over ``embeddings`` (int8 ranges from all of them), cut into ``shards`` shards.
 
         Args:
             embeddings: (n, dim) float embeddings.
-            shards, path, max_restarts, address: as in :meth:`from_index`.
-            **index_kwargs: ``Index`` arguments (precision, metric, rescore, rescore_multiplier,
-                ranges).
+            shards, path: as in :meth:`from_index`.
+            **kwargs: ``max_restarts`` and ``address`` as in :meth:`from_index`; the others are
+                ``Index`` arguments (precision, metric, rescore, rescore_multiplier, ranges).
         """
         from embedcore.index import Index
 
         require_ray()
         if getattr(embeddings, "ndim", None) != 2:
             raise ValueError(f"embeddings must be 2-D (n, dim), got {type(embeddings).__name__}")
-        index = Index(int(embeddings.shape[1]), **index_kwargs)
+        serving = {name: kwargs.pop(name) for name in ("max_restarts", "address") if name in kwargs}
+        index = Index(int(embeddings.shape[1]), **kwargs)
         index.add(embeddings)
-        return cls.from_index(index, shards, path, max_restarts=max_restarts, address=address)
+        return cls.from_index(index, shards, path, **serving)
 
     @classmethod
     def load(
@@ -321,8 +289,8 @@ class ShardedIndex:
         try:
             for s in self._manifest["shards"]:
                 shutil.copytree(self.path / s["folder"], tmp / s["folder"])
-            shutil.copy2(self.path / persist.MANIFEST, tmp / persist.MANIFEST)
-            _swap_in(tmp, target)
+            shutil.copytree(self.path / TOP, tmp / TOP)
+            persist._swap_in(tmp, target)  # the folder format's own replace-aside-and-rename
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -2,8 +2,9 @@
 
 Layout::
 
-    DIR/manifest.json        {"format": "embedcore.embedding_shards", "format_version": 1,
-                              "job": {...}, "count": N, "dim": D, "dtype": ..., "ranges": ...,
+    DIR/manifest/            the top-level manifest: a :mod:`embedcore.persist` folder without
+                             arrays ("embedcore.embedding_shards") whose metadata is
+                             {"job": {...}, "count": N, "dim": D, "dtype": ...,
                               "shards": [{"folder", "start", "stop", "manifest_sha256"}, ...]}
     DIR/shard_00000/         a :mod:`embedcore.persist` folder ("embedcore.embedding_shard"):
                              ids.npy (n,) int64 = start..stop-1, embeddings.npy (n, D)
@@ -18,10 +19,7 @@ lost or written twice. :func:`load_embeddings` reads the result back, verified.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 
 from embedcore import persist
 
+TOP = "manifest"  # the folder of the top-level manifest
 SHARD_FORMAT = "embedcore.embedding_shard"
 SET_FORMAT = "embedcore.embedding_shards"
 FORMAT_VERSION = 1
@@ -43,20 +42,32 @@ def plan(n: int, rows_per_shard: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + rows_per_shard)) for a in range(0, n, rows_per_shard)]
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file in the same folder, fsynced, then renamed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def write_top(root: Path, kind: str, metadata: dict[str, Any]) -> None:
+    """Writes the top-level manifest of a shard set (``root/manifest/``, a verified
+    :mod:`embedcore.persist` folder without arrays), atomically; written last, it marks the set done."""
+    persist.save_folder(root / TOP, kind, {}, metadata, FORMAT_VERSION)
+
+
+def read_top(root: Path, kind: str) -> dict[str, Any]:
+    """The metadata of ``root``'s top-level manifest, checked for ``kind``.
+
+    Raises:
+        FileNotFoundError: no finished set in ``root``.
+        embedcore.persist.CorruptFolderError: another format, a newer version or invalid JSON.
+    """
+    if not (root / TOP / persist.MANIFEST).is_file():
+        raise FileNotFoundError(f"{root} holds no finished {kind} (no {TOP}/{persist.MANIFEST})")
+    return persist.read_manifest(root / TOP, kind, FORMAT_VERSION)["metadata"]
+
+
+def check_shard_entries(root: Path, entries: Any) -> None:
+    """Checks that each shard folder's manifest still has the SHA-256 the top-level manifest recorded."""
+    for entry in entries:
+        folder = root / str(entry.get("folder"))
+        if folder.parent != root or persist.sha256_file(folder / persist.MANIFEST) != entry.get(
+            "manifest_sha256"
+        ):
+            raise persist.CorruptFolderError(f"{folder}: its manifest does not match {root / TOP}")
 
 
 def check_output_folder(path: Path) -> None:
@@ -68,7 +79,7 @@ def check_output_folder(path: Path) -> None:
         raise FileNotFoundError(f"output {path}: its folder {path.parent} does not exist")
     path.mkdir(exist_ok=True)
     for entry in path.iterdir():
-        ours = entry.name == persist.MANIFEST or entry.name.startswith(("shard_", "float32_pass", "."))
+        ours = entry.name == TOP or entry.name.startswith(("shard_", "float32_pass", "."))
         if not ours:
             raise ValueError(
                 f"output {path} holds {entry.name!r}, which is not part of an embedcore shard set; "
@@ -132,7 +143,7 @@ def load_embeddings(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads the output of a distributed encode back as one array in input order, verified.
 
     Args:
-        path: the output folder (its ``manifest.json`` must exist: a finished job).
+        path: the output folder (its ``manifest`` must exist: a finished job).
 
     Returns:
         (N, D) array of the job's dtype, row i the embedding of input row i.
@@ -142,27 +153,18 @@ def load_embeddings(path: str | os.PathLike[str]) -> np.ndarray:
         embedcore.persist.CorruptFolderError: a shard whose checksums or row ranges do not match.
     """
     root = Path(path)
-    file = root / persist.MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{root} holds no finished distributed encode (no {persist.MANIFEST})")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise persist.CorruptFolderError(f"{file} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
-        raise persist.CorruptFolderError(f"{file} is not an embedcore shard-set manifest")
+    manifest = read_top(root, SET_FORMAT)
+    check_shard_entries(root, manifest.get("shards", []))
     parts, expected = [], 0
     for entry in manifest.get("shards", []):
         folder = root / str(entry.get("folder"))
-        if folder.parent != root or persist.sha256_file(folder / persist.MANIFEST) != entry.get(
-            "manifest_sha256"
-        ):
-            raise persist.CorruptFolderError(f"{folder}: its manifest does not match {file}")
         if entry.get("start") != expected:
-            raise persist.CorruptFolderError(f"{file}: shard {folder.name} does not start at row {expected}")
+            raise persist.CorruptFolderError(f"{root}: shard {folder.name} does not start at row {expected}")
         part = read_shard(folder)
         expected += len(part)
         parts.append(part)
     if expected != manifest.get("count"):
-        raise persist.CorruptFolderError(f"{file}: the shards hold {expected} rows, not {manifest.get('count')}")
+        raise persist.CorruptFolderError(
+            f"{root}: the shards hold {expected} rows, not {manifest.get('count')}"
+        )
     return np.concatenate(parts) if parts else np.zeros((0, manifest.get("dim", 0)), np.float32)
