@@ -70,3 +70,34 @@ def test_without_ray_the_package_imports_and_says_how_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"embedcore\[ray\]"):
         ec.distributed.ShardedIndex.load("missing")
     assert "ShardedIndex" in dir(ec.distributed)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"precision": "float32"}, {"precision": "binary", "rescore": "int8"}, {"precision": "int8"}]
+)
+def test_index_scan_is_the_first_stage_of_search(kwargs):
+    from embedcore.index import Index
+
+    rng = np.random.default_rng(2)
+    emb = rng.integers(-2, 3, (80, 19)).astype(np.float32)
+    emb[np.abs(emb).sum(1) == 0, 0] = 1
+    queries = emb[:5] + 0.25
+    index = Index(19, **kwargs)
+    index.add(emb, ids=np.arange(80)[::-1] * 2)  # ids that do not follow storage order
+    scores, ids = index.scan(queries, 12)
+    if index.rescore is None:
+        want = index.search(queries, 12)
+        np.testing.assert_array_equal(ids, want[1])
+        np.testing.assert_array_equal(scores, want[0])
+    else:
+        # A search with multiplier 1 rescores exactly the scan's candidates.
+        _, rescored = index.search(queries, 12, rescore_multiplier=1)
+        assert all(set(a) == set(b) for a, b in zip(ids.tolist(), rescored.tolist()))
+        # Sign bits (normalising for cos keeps signs): Hamming distances by brute force.
+        bits, codes = np.packbits(queries > 0, axis=-1), np.packbits(emb > 0, axis=-1)
+        dist = np.unpackbits(bits[:, None, :] ^ codes[None, :, :], axis=-1).sum(-1)
+        rows = 79 - ids // 2
+        np.testing.assert_array_equal(scores, np.take_along_axis(dist, rows, 1))
+        assert (np.diff(scores, axis=1) >= 0).all()
+    with pytest.raises(ValueError, match="k must be"):
+        index.scan(queries, 81)
