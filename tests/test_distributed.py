@@ -229,6 +229,27 @@ def test_encode_survives_a_killed_actor_and_resumes(tmp_path):
         ec.distributed.encode(texts, lambda: _HashEmbedder(None, log), output=out, rows_per_shard=30)
 
 
+def test_encode_sources_ray_dataset_and_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"document {i} " + "x" * (i % 5) for i in range(30)]
+    want = expected_hash_embeddings(texts)
+    log = str(tmp_path / "log")
+    embedder = lambda: _HashEmbedder(None, log)
+    # A Dataset with an id column: the ids fix the order, whatever order the rows come in.
+    ds = ray.data.from_items([{"id": i, "text": texts[i]} for i in reversed(range(30))])
+    np.testing.assert_array_equal(ec.distributed.encode(ds, embedder, concurrency=1, block_rows=8), want)
+    # A Dataset without ids is numbered in its own order; a Parquet file and a JSONL file by line.
+    pq.write_table(pa.table({"body": texts[:12]}), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts[12:]))
+    files = [tmp_path / "a.parquet", tmp_path / "b.jsonl"]
+    got = ec.distributed.encode(files, embedder, field="body", concurrency=1, block_rows=8)
+    np.testing.assert_array_equal(got, want)
+    ds = ray.data.from_items([{"text": t} for t in texts])
+    np.testing.assert_array_equal(ec.distributed.encode(ds, embedder, concurrency=1, block_rows=8), want)
+
+
 def test_encode_rejects_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="source"):
         ec.distributed.encode([1, 2], "m")

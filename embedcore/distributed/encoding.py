@@ -132,7 +132,9 @@ def _texts(source: Any, field: str) -> list[str] | None:
                 "Ray Dataset"
             )
         return list(source)
-    if type(source).__name__ == "Dataset" and hasattr(source, "map_batches"):
+    import ray.data
+
+    if isinstance(source, ray.data.Dataset):  # MaterializedDataset too
         return None
     raise TypeError(
         f"source must be a list of str, file path(s) or a ray.data.Dataset, got {type(source).__name__}"
@@ -143,7 +145,9 @@ def _dataset(ray: Any, source: Any, texts: list[str] | None, field: str, block_r
     """A Dataset of ``(id, field)`` rows: ids are input positions."""
     if texts is None:
         if "id" in source.schema().names:
-            return source.select_columns(["id", field])
+            # Materialised first: the encoder actors reserve the cluster's CPUs, and an upstream
+            # task still waiting for one would stall the pipeline.
+            return source.select_columns(["id", field]).materialize()
         # No id column: read the rows once, in order, and number them.
         ctx = ray.data.DataContext.get_current()
         keep, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
@@ -381,7 +385,7 @@ def _encode_pending(plan: _Plan, root: Path, job: dict[str, Any]) -> list[tuple[
     else:
         ds = _dataset(plan.ray, plan.source, None, plan.field, plan.block_rows)
         bounds = [ranges[i] for i in pending]
-        ds = ds.filter(lambda row: any(a <= row["id"] < b for a, b in bounds))
+        ds = ds.filter(lambda row: any(a <= row["id"] < b for a, b in bounds)).materialize()
     pending_set = set(pending)
 
     def write(s: int, emb: np.ndarray) -> None:
