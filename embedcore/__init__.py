@@ -13,6 +13,7 @@ Public API (see README.md for the contract)::
     ec.Index(dim, precision="float32", metric="cos"); ec.semantic_search(q, corpus, top_k=10)
     ec.tune(corpus, queries=None, k=10, target_recall=0.95).best; ec.Index.from_tune(row, corpus)
     ec.inspect(embeddings, texts=None)   # anisotropy, effective_rank, hubness_skew, ...
+    ec.distributed.encode(texts, model); ec.distributed.ShardedIndex.from_index(index, shards=4)
 
 Names resolve lazily, so ``import embedcore`` stays cheap and works without triton, without the
 CUDA extension and without a GPU.
@@ -47,10 +48,15 @@ _EXPORTS = {
     "inspect": "embedcore.inspection",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+# subpackages reachable as attributes (ec.distributed needs the ray extra only when called)
+_SUBPACKAGES = ("distributed",)
+
+__all__ = [*sorted(_EXPORTS), *_SUBPACKAGES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"embedcore.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'embedcore' has no attribute {name!r}")

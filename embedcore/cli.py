@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     from embedcore.cli_tune import add_commands
 
     add_commands(sub)  # tune, inspect
+
+    from embedcore.distributed.cli import add_ray_arguments  # --ray: imports Ray only when run
+
+    add_ray_arguments(
+        sub.choices["encode"], isub.choices["build"], sub.choices["search"],
+        encode=_encode, load_npy=_load_npy, model_path=_model_path,
+    )
     return parser
 
 

@@ -889,6 +889,28 @@ class Index:
         return idx if device is None else idx.to(device)
 
 
+    def scan(self, queries: Any, k: int) -> tuple[Any, Any]:
+        """The first stage of :meth:`search` alone: the top k of the scanned codes, not rescored.
+
+        A rescoring search takes its ``k * rescore_multiplier`` candidates from this scan; a sharded
+        index (:mod:`embedcore.distributed`) merges the shards' scans to keep one index's candidates.
+
+        Args:
+            queries: (nq, dim) float numpy array or tensor.
+            k: results per query, 1 <= k <= len(self).
+
+        Returns:
+            (scores, ids): (nq, k) scan scores (Hamming distances for a binary index, else the
+            metric's scores of the stored format) and int64 ids, best first, ties toward the
+            earlier-stored vector; numpy for a host index and numpy queries.
+        """
+        n = len(self)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+            raise ValueError(f"k must be an int in [1, {n}] (the number of vectors in the index), got {k!r}")
+        scores, rows = self._scan(self._float_rows(queries, "queries"), int(k))
+        return scores, self._ids.view()[rows]
+
+
 def semantic_search(
     query_embeddings: Any,
     corpus_embeddings: Any,
