@@ -225,9 +225,15 @@ def _swap_engine(st: Any, run: Callable[[dict[str, np.ndarray]], np.ndarray]) ->
     return st
 
 
+def _tokenize(st: Any, texts: list[str]) -> dict[str, Any]:
+    """The transformer's inputs for ``texts`` as sentence-transformers makes them (``preprocess``
+    since 5.x, ``tokenize`` before)."""
+    features = st.preprocess(texts) if hasattr(st, "preprocess") else st.tokenize(texts)
+    return {k: v for k, v in features.items() if k in _INPUTS}
+
+
 def _example(st: Any) -> dict[str, Any]:
-    return {k: v for k, v in st.tokenize(["an example text", "a second, longer example text"]).items()
-            if k in _INPUTS}
+    return _tokenize(st, ["an example text", "a second, longer example text"])
 
 
 def _export_onnx(st: Any, out: Path) -> None:
@@ -270,7 +276,7 @@ def _quantize_openvino(st: Any, src: Path, texts: Sequence[str], out: Path) -> N
     import openvino as ov
 
     model = ov.Core().read_model(str(src / "openvino_model.xml"))
-    samples = [{k: v.numpy() for k, v in st.tokenize([t]).items() if k in _INPUTS} for t in texts[:300]]
+    samples = [{k: v.numpy() for k, v in _tokenize(st, [t]).items()} for t in texts[:300]]
     quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(samples))
     ov.save_model(quantized, str(out / "openvino_model.xml"), compress_to_fp16=False)
