@@ -41,7 +41,7 @@ ROW_FIELDS = ("op", "provider", "shape", "dtype", "metric", "median", "p20", "p8
               "timestamp")
 # Distributions whose versions explain a timing: embedcore and every baseline it is measured against.
 VERSIONED = ("embedcore", "torch", "triton", "numpy", "transformers", "sentence-transformers", "faiss-cpu",
-             "faiss-gpu", "usearch", "pytest-benchmark")
+             "faiss-gpu", "usearch", "onnxruntime", "openvino", "nncf", "pytest-benchmark")
 _ROW_INFO = ("op", "provider", "shape", "dtype", "metric", "device", "goal", "goal_vs")
 TABLE_COLUMNS = ("operation", "shape", "baseline", "baseline time", "embedcore time", "ratio", "goal", "met?")
 
