@@ -175,23 +175,26 @@ def texts_digest(texts: Sequence[str]) -> str:
 # -- engines behind SentenceTransformer.encode -----------------------------------------------------
 
 
-class _Wrapped:
-    """The transformer as a function of (input_ids, attention_mask, token_type_ids) -> hidden states."""
+def _hf_model(st: Any) -> Any:
+    """The Hugging Face model inside a SentenceTransformer's first (Transformer) module."""
+    return st[0].model if hasattr(st[0], "model") else st[0].auto_model
 
-    @staticmethod
-    def module(model: Any) -> Any:
-        import torch
 
-        class Forward(torch.nn.Module):
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
+def _forward_module(model: Any) -> Any:
+    """``model`` as a module of (input_ids, attention_mask, token_type_ids) -> last hidden state:
+    the positional signature the ONNX and OpenVINO converters trace."""
+    import torch
 
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+    class Forward(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
 
-        return Forward(model).eval()
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    return Forward(model).eval()
 
 
 def _engine_module(run: Callable[[dict[str, np.ndarray]], np.ndarray], config: Any) -> Any:
@@ -243,7 +246,7 @@ def _export_onnx(st: Any, out: Path) -> None:
     names = [k for k in _INPUTS if k in features]
     axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
     with torch.no_grad():
-        torch.onnx.export(_Wrapped.module(st[0].model if hasattr(st[0], "model") else st[0].auto_model),
+        torch.onnx.export(_forward_module(_hf_model(st)),
                           tuple(features[n] for n in names), str(out / "model.onnx"), input_names=names,
                           output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
                           dynamo=False)
@@ -264,8 +267,7 @@ def _quantize_onnx(src: Path, out: Path) -> None:
 def _export_openvino(st: Any, out: Path) -> None:
     import openvino as ov
 
-    model = ov.convert_model(_Wrapped.module(st[0].model if hasattr(st[0], "model") else st[0].auto_model),
-                             example_input=_example(st))
+    model = ov.convert_model(_forward_module(_hf_model(st)), example_input=_example(st))
     ov.save_model(model, str(out / "openvino_model.xml"), compress_to_fp16=False)
 
 

@@ -120,7 +120,7 @@ def test_engine_swap_keeps_sentence_transformers_output(st_reference):
 
     texts, reference, _ = st_reference
     original = SentenceTransformer(minilm_path(), device="cpu")
-    inner = original[0].model if hasattr(original[0], "model") else original[0].auto_model
+    inner = peers._hf_model(original)
     seen = []
 
     def run(feed):
@@ -135,14 +135,22 @@ def test_engine_swap_keeps_sentence_transformers_output(st_reference):
     assert swapped.encode("x").shape == (reference.shape[1],)
 
 
-def test_onnx_peer_is_exact_and_its_export_is_reused(st_reference, tmp_path):
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize(
+    "peer,engine,export",
+    [
+        ("st-onnx", "onnxruntime", "onnx/model.onnx"),
+        ("st-openvino-f32", "openvino", "openvino/openvino_model.bin"),
+    ],
+)
+def test_f32_engine_peers_are_exact_and_their_export_is_reused(st_reference, tmp_path, peer, engine, export):
+    pytest.importorskip(engine)
     pytest.importorskip("onnx")
     texts, reference, _ = st_reference
-    model = peers.load_peer("st-onnx", minilm_path(), 1, tmp_path)
+    model = peers.load_peer(peer, minilm_path(), 1, tmp_path)
     stats = peers.cosine_stats(model.encode(texts, batch_size=3), reference)
     assert stats["max_abs_diff"] <= 1e-5
+    assert np.abs(model.encode(texts[-1]) - reference[-1]).max() <= 1e-5  # one text, other shape
     (folder,) = (tmp_path / "st-backends").iterdir()
-    stamp = (folder / "onnx" / "model.onnx").stat().st_mtime_ns
-    peers.load_peer("st-onnx", minilm_path(), 2, tmp_path)
-    assert (folder / "onnx" / "model.onnx").stat().st_mtime_ns == stamp
+    stamp = (folder / export).stat().st_mtime_ns
+    peers.load_peer(peer, minilm_path(), 2, tmp_path)
+    assert (folder / export).stat().st_mtime_ns == stamp
