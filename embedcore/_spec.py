@@ -39,6 +39,20 @@ def output_dim(dim: int, precision: str) -> int:
     return (dim + 7) // 8 if precision in BINARY_PRECISIONS else dim
 
 
+# -- encode fidelity tiers (embedcore.models, benchmarks) -----------------------------------------
+Fidelity = Literal["exact", "near_exact", "int8"]
+FIDELITIES = ("exact", "near_exact", "int8")
+
+
+def check_fidelity(fidelity: Any, name: str = "fidelity") -> str:
+    """Returns ``fidelity`` if it names a tier; raises TypeError/ValueError naming ``name`` otherwise."""
+    if not isinstance(fidelity, str):
+        raise TypeError(f"{name} must be one of {FIDELITIES}, got {type(fidelity).__name__}")
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"{name} must be one of {FIDELITIES}, got {fidelity!r}")
+    return fidelity
+
+
 # -- search (embedcore.ops.search, its Triton and CUDA backends) ---------------------------------
 Metric = Literal["dot", "cos", "l2", "hamming"]
 METRICS = ("dot", "cos", "l2", "hamming")

@@ -41,7 +41,8 @@ ROW_FIELDS = ("op", "provider", "shape", "dtype", "metric", "median", "p20", "p8
               "timestamp")
 # Distributions whose versions explain a timing: embedcore and every baseline it is measured against.
 VERSIONED = ("embedcore", "torch", "triton", "numpy", "transformers", "sentence-transformers", "faiss-cpu",
-             "faiss-gpu", "usearch", "pytest-benchmark")
+             "faiss-gpu", "usearch", "onnxruntime", "openvino", "nncf", "pytest-benchmark")
+_ROW_INFO = ("op", "provider", "shape", "dtype", "metric", "device", "goal", "goal_vs")
 TABLE_COLUMNS = ("operation", "shape", "baseline", "baseline time", "embedcore time", "ratio", "goal", "met?")
 
 
@@ -303,6 +304,8 @@ def load_rows(data: dict[str, Any], device: str, versions: dict[str, str],
             "goal": None if goal is None else float(goal),
             "goal_vs": info.get("goal_vs"),
             "rounds": int(stats.get("rounds", len(samples))),
+            # The rest of extra_info (fidelity, paired ratios, threads...): kept in results.json.
+            "extra": {k: v for k, v in info.items() if k not in _ROW_INFO},
         })
     return rows
 

@@ -13,6 +13,8 @@
    throughput, the smallest rescore multiplier that reaches a requested recall (estimated on
    corpus rows used as queries), and the configuration ``embedcore tune`` recommends for the
    requested recall with the description queries.
+4. Times the whole retrieval loop, query text -> top-10 ids, against sentence-transformers' fastest
+   installed exact backend (``embedcore.peers``) + FAISS IndexFlatIP.
 """
 
 from __future__ import annotations
@@ -291,6 +293,30 @@ def _rescore_index(cache: Path, key: str, corpus: np.ndarray) -> tuple[Any, bool
     return Index.load(folder, mmap=True), False
 
 
+def _loop_row(model: Path, cache: Path, texts: list[str], index: Any, faiss_flat: Any) -> str:
+    """One line: text -> top-K ids p50 of embedcore (exact Embedder + float32 Index) against
+    sentence-transformers' fastest installed exact backend + FAISS IndexFlatIP, timed interleaved."""
+    import torch
+
+    from embedcore import loop, peers
+
+    if faiss_flat is None:
+        return "retrieval loop: skipped (FAISS is not installed)"
+    peer, threads = loop.exact_peer(), torch.get_num_threads()
+    try:
+        st = peers.load_peer(peer, model, threads, cache)
+    except (ImportError, peers.PeerUnavailableError) as exc:
+        return f"retrieval loop: skipped ({exc})"
+    ours = loop.embedcore_loop(peers.load_embedder(model, "exact"), index, K)
+    theirs = loop.peer_loop(st, lambda q: faiss_flat.search(q, K))
+    (ec, _), (pe, _) = _latencies_ms([lambda t: ours(t[0]), lambda t: theirs(t[0])], texts)
+    return (
+        f"retrieval loop (query text -> top-{K} ids, float32 exact, {len(texts)} queries, {threads} "
+        f"threads, p50): embedcore {ec:.2f} ms, {peer} + FAISS IndexFlatIP {pe:.2f} ms "
+        f"({pe / ec:.2f}x; > 1: embedcore faster)"
+    )
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -411,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
             f"\nfloat32 vs FAISS IndexFlatIP: identical top-{K} ids for {same}/{len(queries)} queries, "
             f"max score difference {np.abs(faiss_scores - flat_scores).max():.2e}"
         )
+    print(_loop_row(model, cache, query_texts[: args.latency_queries], indexes["float32"], faiss_flat))
     print(
         f"encode throughput: {rate:.1f} texts/s ({n} summaries, batch {args.batch_size}"
         f"{'; measured when the cache was made' if corpus_cached else ''})"

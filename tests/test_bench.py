@@ -58,6 +58,22 @@ def test_ratio_is_best_baseline_over_embedcore_and_goal_is_judged():
     assert bench.goal_line(bench.summarize(rows)) == "goals met: 1/2 (missed: search f32 1q float32)"
 
 
+def test_rows_keep_the_rest_of_extra_info(tmp_path):
+    rows = _rows(
+        _bench("encode: exact", "embedcore", 2.0, op="encode", goal=1.25, paired_ratio=1.4, mean_cosine=1.0),
+        _bench("encode: exact", "st-onnx", 3.0, op="encode", threads=2),
+    )
+    assert rows[0]["extra"] == {"paired_ratio": 1.4, "mean_cosine": 1.0}
+    assert rows[1]["extra"] == {"threads": 2}
+    assert rows[0]["goal"] == 1.25 and "goal" not in rows[0]["extra"]
+    meta = {"machine": bench.machine_info(), "timestamp": "2026-11-26T00:00:00Z", "quick": True,
+            "files": ["bench_encode.py"], "pytest_exit_code": 0, "duration_s": 1.0,
+            "load_average": {"before": 1.0, "after": 1.0}}
+    bench.write_results(rows, bench.summarize(rows), tmp_path, meta)
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["extra"] for r in saved] == [r["extra"] for r in rows]
+
+
 def test_goal_against_a_named_baseline_adds_a_line():
     rows = _rows(
         _bench("search: f32 1q", "embedcore", 2e-3, goal=1.3, goal_vs="faiss"),

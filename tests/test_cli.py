@@ -135,6 +135,7 @@ def test_demo_twice_reuses_the_cache(tmp_path):
         "built and saved",
         "identical top-10 ids",
         "smallest rescore multiplier",
+        "retrieval loop (query text -> top-10 ids",
         "targets:",
     ):
         assert line in first
@@ -147,6 +148,7 @@ def test_demo_twice_reuses_the_cache(tmp_path):
     assert "measured when the cache was made" in second
     assert "loaded memory-mapped from cache" in second
     assert "FAISS is not installed" in second
+    assert "retrieval loop: skipped (FAISS is not installed)" in second
 
     def columns(out: str) -> list[list[str]]:
         # Table columns are separated by two spaces or more; cells such as "0.101 (0.085)" hold one.

@@ -17,10 +17,11 @@ import transformers
 from sentence_transformers import SentenceTransformer
 
 import embedcore as ec
+from embedcore._spec import FIDELITIES
 from embedcore.models import openvino_engine, packed_bert
 from embedcore.models.accelerate import undo
 from embedcore.models.embedder import Embedder
-from embedcore.models.fidelity import FIDELITIES, BFloat16Linear, Int8Linear
+from embedcore.models.fidelity import BFloat16Linear, Int8Linear
 
 from corpus import load_summaries, minilm_path
 from helpers import assert_close

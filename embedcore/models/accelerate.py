@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from embedcore._spec import check_fidelity
 from embedcore.models import loading, packed_bert
 from embedcore.models.embedder import Embedder
-from embedcore.models.fidelity import check_fidelity, swap_linears
+from embedcore.models.fidelity import swap_linears
 
 _ATTRIBUTE = "encode"
 _ST_LOGGER = "sentence_transformers.sentence_transformer.model"

@@ -29,10 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from embedcore._spec import check_fidelity
 from embedcore.models import loading
 from embedcore.models.encode_args import batch_tensor, check_sentences, prompt_boundary
 from embedcore.models.engine import check_engine, make_forward
-from embedcore.models.fidelity import check_fidelity, swap_linears
+from embedcore.models.fidelity import swap_linears
 
 logger = logging.getLogger(__name__)
 

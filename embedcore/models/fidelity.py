@@ -24,16 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-FIDELITIES = ("exact", "near_exact", "int8")
-
-
-def check_fidelity(fidelity: Any, name: str = "fidelity") -> str:
-    """Returns ``fidelity`` if it names a tier; raises TypeError/ValueError naming ``name`` otherwise."""
-    if not isinstance(fidelity, str):
-        raise TypeError(f"{name} must be one of {FIDELITIES}, got {type(fidelity).__name__}")
-    if fidelity not in FIDELITIES:
-        raise ValueError(f"{name} must be one of {FIDELITIES}, got {fidelity!r}")
-    return fidelity
+from embedcore._spec import check_fidelity
 
 
 class Float32Linear:
