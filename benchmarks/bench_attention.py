@@ -8,7 +8,7 @@ capped at 512), the length mix an embedding job sees.
 * ``bidirectional-llm``: a randomly initialised Llama-style decoder made bidirectional with
   ``ec.bidirectional``, fed one packed row (restarting position ids: no padding anywhere in the model)
   vs the same model with SDPA on the padded batch and an all-visible padding mask (``torch-sdpa``).
-  The issue's goal (1.5x) is set on this group.
+  The goal (1.5x) is set on this group.
 
 On the CPU the embedcore rows run its SDPA path; the Triton kernel runs on CUDA (see gpu_suite.py).
 """

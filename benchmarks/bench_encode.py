@@ -36,6 +36,7 @@ import pytest
 import torch
 
 from embedcore import peers
+from embedcore._spec import FIDELITIES
 from embedcore.corpus import demo_model_path, load_wiki_summaries
 from embedcore.demo import default_cache_dir
 
@@ -99,7 +100,7 @@ def _cases() -> list[tuple[str, str, int, str]]:
     cases = []
     for kind, thread_counts in (("throughput", THROUGHPUT_THREADS), ("query", LATENCY_THREADS)):
         for threads in thread_counts:
-            for tier in peers.FIDELITIES:
+            for tier in FIDELITIES:
                 cases += [(kind, tier, threads, p) for p in (*peers.PEERS[tier], _provider(tier))]
     return cases
 

@@ -1,11 +1,11 @@
 """Single-query latency of ``embedcore.Index`` vs FAISS and numpy at the same precision.
 
-The issue's setting: a 10,000 x 384 corpus of unit vectors (the demo's size), k = 10, one query per
+The setting: a 10,000 x 384 corpus of unit vectors (the demo's size), k = 10, one query per
 call. Formats: float32 (FAISS IndexFlatIP), int8 asymmetric (IndexScalarQuantizer QT_8bit), binary
 (IndexBinaryFlat) and binary + int8 rescoring x4 (IndexBinaryFlat + numpy rescoring of the
 dequantised int8 candidates). The baselines are :func:`embedcore.demo.baselines`, so the demo's
 table and these numbers time the same code. FAISS runs at one thread, as embedcore does for a single
-query. Goal (issue 7): below FAISS's latency (ratio >= 1).
+query. Goal: below FAISS's latency (ratio >= 1).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ CPU: ``ec.pool`` runs its PyTorch reference; the baseline is sentence-transforme
 case asks for them), i.e. what ``SentenceTransformer.encode`` runs after the encoder. Goal: not slower.
 
 CUDA (only when a GPU is present): the fused Triton kernel vs the PyTorch eager chain (pool ->
-normalize -> slice -> quantize) at the issue's shapes; goal 3x. ``benchmarks/gpu_suite.py`` reports
+normalize -> slice -> quantize) at the target shapes; goal 3x. ``benchmarks/gpu_suite.py`` reports
 the same comparison in GB/s against the measured copy bandwidth.
 """
 

@@ -185,12 +185,12 @@ def _binary_providers() -> dict[str, object]:
 
 _FAISS_CACHE: dict[str, object] = {}
 FORMATS = {"float32": _float_providers, "int8": _int8_providers, "binary": _binary_providers}
-# (format, nq) -> required ratio: best baseline median / embedcore median (issue 5).
+# (format, nq) -> required ratio: best baseline median / embedcore median.
 GOALS = {("float32", 64): 1.25, ("float32", 1): 1.3, ("int8", 64): 4.0,
          ("binary", 64): 3.0, ("binary", 1): 1.5}
 # Goals that name their baseline (judged against it; the fastest baseline is still reported).
 GOAL_VS = {("float32", 1): "faiss"}
-# Share of the machine's read bandwidth the float32 1-query scan must reach (issue 5).
+# Share of the machine's read bandwidth the float32 1-query scan must reach.
 READ_GOAL = 0.7
 CASES = [(fmt, provider, nq) for fmt, providers in (
              ("float32", ("embedcore", "faiss", "usearch", "numpy", "torch")),
@@ -306,7 +306,7 @@ def test_one_thread_scan(benchmark, provider):
 
 
 # Single-query latency on a small corpus (the demo's 10k index): per-call overheads matter as much
-# as the scan. Goal (issue 5 follow-up): embedcore below FAISS for the same format, 1 thread each.
+# as the scan. Goal: embedcore below FAISS for the same format, 1 thread each.
 SMALL_N = 10_000
 LATENCY = [(fmt, provider) for fmt in ("float32", "int8", "binary") for provider in ("embedcore", "faiss")]
 

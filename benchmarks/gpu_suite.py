@@ -263,7 +263,7 @@ class Suite:
     ) -> dict[str, Any]:
         """Records one timing; ``work`` per call (bytes, FLOPs or documents) gives the achieved rate.
 
-        ``goal`` is the speed ratio over the baseline the issue asks for, ``ceiling_goal`` the fraction
+        ``goal`` is the speed ratio over the baseline the operation targets, ``ceiling_goal`` the fraction
         of the measured ceiling (copy bandwidth or matmul rate) it asks for."""
         median, p20, p80 = times
         rate = None if work is None else work / median / {"GB/s": 1e9, "TFLOP/s": 1e12}.get(unit or "", 1.0)

@@ -3,7 +3,7 @@
 The suite lives in ``benchmarks/bench_<op>.py`` of the source checkout (the package is installed
 editable). Every benchmark sets ``benchmark.group`` (embedcore and its baselines on the same data
 share a group) and ``benchmark.extra_info`` with ``op``, ``provider``, ``shape``, ``dtype``,
-``metric`` and, on the embedcore row, an optional ``goal``: the speed ratio the issue asks for, and
+``metric`` and, on the embedcore row, an optional ``goal``: the speed ratio the operation targets, and
 ``goal_vs``: the baseline the goal names when it is not "the fastest" (e.g. FAISS).
 
 Per group the runner compares each embedcore row with the fastest baseline::
@@ -479,7 +479,7 @@ def results_markdown(summary: list[dict[str, Any]], meta: dict[str, Any], charts
         *([f"- **pytest exited with code {meta['pytest_exit_code']}: some benchmarks failed or did not run**"]
           if meta.get("pytest_exit_code") else []),
         "- ratio = median time of the fastest baseline / median time of embedcore (> 1: embedcore faster),",
-        "  both measured in the same run on the same data; goal = the ratio the issue asks for.",
+        "  both measured in the same run on the same data; goal = the ratio the operation targets.",
         "",
         format_markdown(summary),
         "",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embedcore import peers
+from embedcore._spec import FIDELITIES
 
 from corpus import load_summaries, minilm_path
 
@@ -22,7 +23,7 @@ def test_bad_tier_names_the_argument(bad, error):
 
 
 def test_every_peer_has_one_tier():
-    assert set(peers.TIER_OF.values()) == set(peers.FIDELITIES)
+    assert set(peers.TIER_OF.values()) == set(FIDELITIES)
     assert sum(len(p) for p in peers.PEERS.values()) == len(peers.TIER_OF)
 
 

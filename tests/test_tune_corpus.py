@@ -19,15 +19,18 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def encoded(request):
+def encoded(request, tmp_path_factory):
     """(corpus, queries) float32 embeddings, cached across sessions in pytest's cache folder by the
-    demo's encoder (keyed by model files, texts and embedcore version; verified on load)."""
+    demo's encoder (keyed by model files, texts and embedcore version; verified on load); in a
+    temporary folder when pytest runs without its cache plugin."""
     from pathlib import Path
 
     from embedcore.demo import _Encoder
 
     rows = load_summaries(N)
-    encoder = _Encoder(Path(minilm_path()), Path(request.config.cache.mkdir("embedcore-tune")), 64)
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("embedcore-tune") if cache is not None else tmp_path_factory.mktemp("embedcore-tune")
+    encoder = _Encoder(Path(minilm_path()), Path(folder), 64)
     corpus = encoder.encode([r["extract"] for r in rows], "corpus")[0]
     queries = encoder.encode([r["description"] for r in rows if r["description"]], "queries")[0]
     return corpus, queries

@@ -1,6 +1,6 @@
 """``Embedder``: sentence-transformers' ``encode`` with the same numbers, through the same call, faster.
 
-Order of operations (../shared/DESIGN.md, sentence-transformers' own)::
+Order of operations (sentence-transformers' own; README "One order of operations")::
 
     tokenize -> transformer -> pool -> (Dense) -> (Normalize module) -> truncate_dim
              -> (normalize_embeddings) -> quantize (precision)
