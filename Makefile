@@ -43,12 +43,15 @@ lint: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/embedcore bench $(ARGS)
 
-# The newest release of everything (torch held at the CPU build), no constraints.
+# The newest release of everything but torch, which stays at the CPU build (the newest torch on the
+# index is a multi-GB CUDA build): constraints.txt is not used, only $(TORCH_SPEC).
 $(LATEST_STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel pybind11 "$(TORCH_SPEC)"
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager \
-		--no-build-isolation -e ".[dev]"
+	echo "$(TORCH_SPEC)" > $(LATEST_VENV)/hold-torch.txt
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/hold-torch.txt --upgrade \
+		pip setuptools wheel pybind11 "$(TORCH_SPEC)"
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/hold-torch.txt --upgrade \
+		--upgrade-strategy eager --no-build-isolation -e ".[dev]"
 	touch $@
 
 test-latest: $(LATEST_STAMP)
