@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from embedcore.corpus import MissingExtraError
+from embedcore.corpus import MissingExtraError, load_npy
 
 # Errors that mean "bad input or environment": reported as one line with exit code 2.
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, MissingExtraError, RecursionError, MemoryError)
@@ -75,27 +74,6 @@ def _encode(
     return np.asarray(out)
 
 
-def _load_npy(path: str, name: str) -> np.ndarray:
-    from embedcore.persist import CorruptFolderError, npy_data_bytes
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name} {path}: no such file")
-    try:
-        header, data = npy_data_bytes(path)
-    except CorruptFolderError as exc:
-        raise ValueError(f"{name} {exc}") from None
-    size = os.path.getsize(path)
-    if header + data != size:  # checked before np.load allocates what the header asks for
-        raise ValueError(
-            f"{name} {path}: its .npy header declares {data} data bytes, the file holds {size - header}"
-        )
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{name} {path} is not a readable .npy file ({exc})") from None
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"{name} {path} must hold a non-empty 2-D (n, dim) array, got shape {array.shape}")
-    return array
 
 
 def _vectors(args: argparse.Namespace, model: str | None) -> tuple[np.ndarray, list[str] | None]:
@@ -103,7 +81,7 @@ def _vectors(args: argparse.Namespace, model: str | None) -> tuple[np.ndarray, l
     from embedcore.corpus import read_texts
 
     if args.embeddings is not None:
-        return _load_npy(args.embeddings, "--embeddings"), None
+        return load_npy(args.embeddings, "--embeddings"), None
     if model is None:
         raise ValueError("this index was built from --embeddings and knows no model: add with --embeddings")
     texts = read_texts(args.input, args.field)
@@ -205,7 +183,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     index = Index.load(args.index)
     if args.query_embeddings is not None:
-        queries = _load_npy(args.query_embeddings, "--query-embeddings")
+        queries = load_npy(args.query_embeddings, "--query-embeddings")
         labels = [f"query {i}" for i in range(len(queries))]
     else:
         model = args.model or index.metadata.get("model")
@@ -368,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ray_arguments(
         sub.choices["encode"], isub.choices["build"], sub.choices["search"],
-        encode=_encode, load_npy=_load_npy, model_path=_model_path,
+        encode=_encode, load_npy=load_npy, model_path=_model_path,
     )
     return parser
 

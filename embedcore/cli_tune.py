@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from embedcore.corpus import load_npy
+
 _TEXTS, _OFFSETS = "doc_text", "doc_offsets"  # the document store of an index folder (as `index build`)
 
 
@@ -31,16 +33,6 @@ def _ints(value: str) -> tuple[int, ...]:
     return out
 
 
-def _npy(path: str, flag: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag} {path}: no such file")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{flag} {path} is not a readable .npy file ({exc})") from None
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"{flag} {path} must hold a non-empty 2-D (n, dim) array, got shape {array.shape}")
-    return array
 
 
 def _template(path: str | None) -> str | None:
@@ -64,7 +56,7 @@ def _corpus(args: argparse.Namespace) -> tuple[Any, list[str] | None, str | None
     from embedcore.corpus import read_texts
 
     if args.embeddings is not None:
-        return _npy(args.embeddings, "--embeddings"), None, args.model and _model(args.model)
+        return load_npy(args.embeddings, "--embeddings"), None, args.model and _model(args.model)
     texts = read_texts(args.input, args.field)
     return texts, texts, _model(args.model)
 
@@ -114,7 +106,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     folder = _output_dir(args.output_dir)
     plot = folder is not None and _plots_available(not args.no_plot)
     if args.query_embeddings is not None:
-        queries: Any = _npy(args.query_embeddings, "--query-embeddings")
+        queries: Any = load_npy(args.query_embeddings, "--query-embeddings")
     elif args.queries is not None:
         from embedcore.corpus import read_texts
 
@@ -169,7 +161,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         texts: list[str] | None = read_texts(args.input, args.field)
         embeddings = encode_texts(texts, _model(args.model), args.batch_size)
     else:
-        embeddings = _npy(args.embeddings, "--embeddings")
+        embeddings = load_npy(args.embeddings, "--embeddings")
         texts = read_texts(args.texts, args.field) if args.texts is not None else None
     folder = _output_dir(args.output_dir)
     plot = folder is not None and _plots_available(not args.no_plot)

@@ -186,3 +186,32 @@ def pack_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def unpack_text(data: np.ndarray, offsets: np.ndarray, i: int) -> str:
     """Text ``i`` of a :func:`pack_texts` pair."""
     return bytes(data[offsets[i] : offsets[i + 1]]).decode("utf-8")
+
+
+def load_npy(path: str, name: str) -> np.ndarray:
+    """A non-empty 2-D array from the ``.npy`` file ``path`` given as the command-line option ``name``;
+    the header is checked against the file size before anything is allocated, nothing is unpickled.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a forged or unreadable file, or not (n, dim).
+    """
+    from embedcore.persist import CorruptFolderError, npy_data_bytes
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} {path}: no such file")
+    try:
+        header, data = npy_data_bytes(path)
+    except CorruptFolderError as exc:
+        raise ValueError(f"{name} {exc}") from None
+    size = os.path.getsize(path)
+    if header + data != size:  # checked before np.load allocates what the header asks for
+        raise ValueError(
+            f"{name} {path}: its .npy header declares {data} data bytes, the file holds {size - header}"
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{name} {path} is not a readable .npy file ({exc})") from None
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise ValueError(f"{name} {path} must hold a non-empty 2-D (n, dim) array, got shape {array.shape}")
+    return array

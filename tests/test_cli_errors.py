@@ -55,10 +55,11 @@ def test_forged_npy_header_and_deep_manifest(tmp_path):
     header += b" " * ((-(10 + len(header) + 1)) % 64) + b"\n"  # a header padded as numpy pads it
     emb.write_bytes(text[:8] + len(header).to_bytes(2, "little") + header + text[header_end:])
     out = tmp_path / "idx"
-    _one_line_error(
-        _run("index", "build", "--embeddings", str(emb), "--output", str(out)),
-        "--embeddings", "emb.npy: its .npy header declares 48000000000000 data bytes",
-    )
+    for command in (("index", "build", "--output", str(out)), ("tune",), ("inspect",)):
+        _one_line_error(
+            _run(*command, "--embeddings", str(emb)),
+            "--embeddings", "emb.npy: its .npy header declares 48000000000000 data bytes",
+        )
     np.save(emb, np.ones((3, 4), np.float32))
     assert _run("index", "build", "--embeddings", str(emb), "--output", str(out)).returncode == 0
     version = persist.current_folder(out)
