@@ -38,9 +38,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -84,21 +84,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Writes one ``.npy`` file atomically: a temporary file in the same folder, fsync, rename.
+def write_file_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Writes one file atomically: ``write(f)`` fills a temporary file in the same folder, which is
+    fsynced and renamed over ``path``; the folder entry is fsynced too. A failure leaves ``path`` as
+    it was and removes the temporary file.
 
     Args:
         path: destination file; its folder must exist.
-        array: any numpy array without object dtype.
+        write: writes the whole content to the binary file object it is given.
     """
     path = Path(path)
-    array = np.asarray(array)
-    if array.dtype.hasobject:
-        raise TypeError(f"cannot save an array of dtype {array.dtype} (it would need pickle)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -107,6 +106,19 @@ def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Writes one ``.npy`` file atomically (:func:`write_file_atomic`), never with pickle.
+
+    Args:
+        path: destination file; its folder must exist.
+        array: any numpy array without object dtype.
+    """
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise TypeError(f"cannot save an array of dtype {array.dtype} (it would need pickle)")
+    write_file_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 # ---------------------------------------------------------------------------- layout
